@@ -1,0 +1,50 @@
+# The workbook's commands. `make help` lists them. Each sets up .venv on first use.
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Threads for torch inside chapters and tests (2-core machines: both cores).
+export METALIB_THREADS ?= 2
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.DEFAULT_GOAL := help
+.PHONY: help setup book test test-unit test-notebooks lint lock bench clean
+
+help:  ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed; set PYTHON=python3.x"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+setup: $(STAMP)  ## Create .venv from the pinned lock (done by every other command when missing)
+
+book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html (warnings fail)
+	$(BIN)/python tools/book_assets.py
+	METALIB_PROGRESS=0 $(BIN)/jupyter-book build --all -W -n --keep-going . 2>&1 | tee _build/book.log; \
+	  exit $${PIPESTATUS[0]}
+
+test: $(STAMP)  ## Lint, unit tests, then every chapter and solution notebook executed by nbval
+	$(BIN)/ruff check .
+	$(BIN)/pytest tests chapters solutions --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=600 -p no:cacheprovider
+
+test-unit: $(STAMP)  ## Only the unit tests of metalib (fast)
+	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider
+
+lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check metalib tests tools benchmarks
+
+lock: $(STAMP)  ## Re-pin requirements.lock from the current .venv (torch stays at 2.13.0)
+	$(BIN)/python tools/make_lock.py > requirements.lock
+
+bench: $(STAMP)  ## Time each chapter, the cold and cached book builds and the tests (writes benchmarks/results)
+	$(BIN)/python benchmarks/timings.py
+
+clean:  ## Remove the built book and caches (keeps .venv)
+	rm -rf _build .pytest_cache

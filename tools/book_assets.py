@@ -1,0 +1,63 @@
+"""Fetch the two JavaScript files the book needs to show widgets offline, into _build/offline_static.
+
+The HTML book embeds each widget's state; to draw it, a page needs require.js and the ipywidgets
+embedder (``@jupyter-widgets/html-manager``), which myst-nb would otherwise load from a CDN. We take
+both from the npm registry with ``npm pack`` (versions pinned below) and serve them from the book.
+MathJax comes from the ``sphinx-mathjax-offline`` Python package. Run by ``make book``; does
+nothing when the files are already there.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+PACKAGES = {
+    # npm spec: {file inside the package: file name in the static folder}
+    "requirejs@2.3.7": {"package/require.js": "require.js"},
+    "@jupyter-widgets/html-manager@1.0.6": {"package/dist/": ""},
+}
+OUT = Path(__file__).resolve().parents[1] / "_build" / "offline_static"
+
+
+def main() -> int:
+    if (OUT / "require.js").exists() and (OUT / "embed-amd.js").exists():
+        return 0
+    if shutil.which("npm") is None:
+        print(
+            "tools/book_assets.py: npm is not installed; install Node.js (which brings npm) to "
+            "serve widgets offline, e.g. `apt-get install nodejs npm`",
+            file=sys.stderr,
+        )
+        return 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["npm", "pack", "--silent", *PACKAGES], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL)
+        for tgz in Path(tmp).glob("*.tgz"):
+            spec = next(s for s in PACKAGES if tgz.name.startswith(
+                s.lstrip("@").replace("/", "-").split("@")[0]))
+            with tarfile.open(tgz) as tar:
+                for member in tar.getmembers():
+                    for src, dst in PACKAGES[spec].items():
+                        if not member.isfile() or not member.name.startswith(src):
+                            continue
+                        rel = dst or member.name[len(src):]
+                        if rel.endswith(".map"):
+                            continue
+                        target = OUT / rel
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(tar.extractfile(member).read())
+    missing = [f for f in ("require.js", "embed-amd.js") if not (OUT / f).exists()]
+    if missing:
+        print(f"tools/book_assets.py: {missing} not found in the npm packages", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
