@@ -9,7 +9,7 @@ export METALIB_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book test test-unit test-notebooks lint lock bench clean
+.PHONY: help setup book test test-unit lint strip lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-unit: $(STAMP)  ## Only the unit tests of metalib (fast)
 lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check metalib tests tools benchmarks
+
+strip: $(STAMP)  ## Strip outputs and noisy metadata from every notebook (before committing)
+	$(BIN)/python tools/strip_notebooks.py
 
 lock: $(STAMP)  ## Re-pin requirements.lock from the current .venv (torch stays at 2.13.0)
 	$(BIN)/python tools/make_lock.py > requirements.lock

@@ -1,0 +1,221 @@
+"""Backbones that can run on a swapped-in parameter dict: Conv4 for images, an MLP for regression.
+
+Every learner in the book adapts a network *functionally*: it keeps the weights in a dict, makes
+new dicts (``fast = {k: w - lr * g[k] ...}``) and runs the same module on them with
+:func:`forward_with` (``torch.func.functional_call``). So second-order MAML, its first-order
+variant and ``torch.func.vmap`` over tasks share one code path, and no module is ever mutated.
+
+Both networks split into a ``body`` (the features) and a ``head`` (one ``nn.Linear``), the split
+that fine-tuning, prototypical networks and "re-initialise the head" (:func:`with_new_head`) use.
+Weights start from torch's default initialisation, which draws from the global generator: call
+``metalib.runtime.seed_everything`` before building a network to make it repeatable.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+class BatchStatNorm2d(nn.BatchNorm2d):
+    """Batch normalisation that always uses the statistics of the current batch.
+
+    ``nn.BatchNorm2d(track_running_stats=False)`` computed from plain tensor operations, with the
+    same parameters (``weight``, ``bias``) and the same outputs. Why not ``nn.BatchNorm2d``
+    itself: backpropagating through ``torch.func.vmap`` of a second-order inner loop over
+    ``nn.BatchNorm2d`` gives a wrong meta-gradient, silently (its fused double backward has a
+    faulty batching rule; functorch issue #534). Written out, autograd derives it correctly.
+    Batch statistics in training and evaluation alike is the MAML convention (Finn et al., 2017):
+    each task is normalised by its own support or query batch, and no running state is mutated.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``(B, C, H, W)`` per channel over the batch and the pixels."""
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), keepdim=True, correction=0)  # biased, as nn.BatchNorm2d
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class Conv4(nn.Module):
+    """The four-block convolutional backbone of few-shot learning ("Conv4").
+
+    Each block is conv 3x3 (padding 1) -> batch norm (batch statistics) -> ReLU -> max-pool 2,
+    then the features are flattened and a linear ``head`` gives the logits (Vinyals et al.,
+    2016; Finn et al., 2017). A 28 x 28 image shrinks 28 -> 14 -> 7 -> 3 -> 1, so
+    ``feature_dim = hidden``; in general ``hidden * (image_size // 16) ** 2``.
+
+    Args:
+        n_classes: outputs of the head (N for N-way episodes).
+        in_channels: channels of the input images (1 for every dataset here).
+        hidden: channels of every block (64 in the papers).
+        image_size: side of the square input images; at least 16 to survive four poolings.
+
+    Example:
+        >>> net = Conv4(n_classes=5)
+        >>> net(torch.rand(10, 1, 28, 28)).shape
+        torch.Size([10, 5])
+    """
+
+    def __init__(
+        self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_classes", n_classes), ("in_channels", in_channels)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if hidden < 1:
+            raise ValueError(f"hidden (channels per block) must be at least 1, got {hidden}")
+        if image_size < 16:
+            raise ValueError(
+                f"image_size {image_size} does not survive four 2x2 poolings; use images of "
+                "at least 16 x 16 pixels"
+            )
+        self.in_channels, self.image_size = in_channels, image_size
+        blocks = []
+        for i in range(4):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
+                    BatchStatNorm2d(hidden),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                )
+            )
+        self.body = nn.Sequential(*blocks, nn.Flatten())
+        self.feature_dim = hidden * (image_size // 16) ** 2
+        self.head = nn.Linear(self.feature_dim, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed ``(B, in_channels, H, W)`` images into ``(B, feature_dim)`` features."""
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"Conv4 expects images of shape (B, {', '.join(map(str, expected))}), got "
+                f"{tuple(x.shape)}; flatten the task axis first (x.flatten(0, 1)) or build "
+                "Conv4 with matching in_channels and image_size"
+            )
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_classes)`` for images ``(B, in_channels, H, W)``."""
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron: the regression network of MAML's sinusoid experiment.
+
+    Two hidden layers of 40 units by default (Finn et al., 2017, section 5.1).
+
+    Args:
+        in_features: size of the input's last axis.
+        out_features: outputs of the linear ``head``.
+        hidden: widths of the hidden layers (``()`` gives a linear model).
+
+    Example:
+        >>> MLP()(torch.zeros(10, 1)).shape
+        torch.Size([10, 1])
+    """
+
+    def __init__(
+        self, in_features: int = 1, out_features: int = 1, hidden: tuple[int, ...] = (40, 40)
+    ) -> None:
+        super().__init__()
+        widths = (in_features, *hidden)
+        if min(widths) < 1 or out_features < 1:
+            raise ValueError(
+                f"every layer needs at least 1 unit; got in_features={in_features}, "
+                f"hidden={tuple(hidden)}, out_features={out_features}"
+            )
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.in_features = in_features
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = widths[-1]
+        self.head = nn.Linear(self.feature_dim, out_features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden features ``(*B, feature_dim)`` of inputs ``(*B, in_features)``."""
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"MLP expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}; "
+                "a batch of scalars needs a trailing axis (x.unsqueeze(-1))"
+            )
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(*B, out_features)`` for inputs ``(*B, in_features)``."""
+        return self.head(self.features(x))
+
+
+def params(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's own parameters by name (the live tensors, not copies)."""
+    return dict(module.named_parameters())
+
+
+def forward_with(
+    module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """Run ``module`` on ``x`` with the tensors of ``params`` in place of its own.
+
+    Args:
+        module: the network; it is not modified.
+        params: tensors by parameter (or buffer) name, e.g. adapted "fast weights". Names that
+            are missing fall back to the module's own tensors, so a dict holding only the
+            head's weights adapts only the head.
+        x: the input batch, as ``module`` expects it.
+
+    Returns:
+        ``module(x)`` computed with ``params``; gradients flow to the tensors in ``params``.
+
+    Raises:
+        ValueError: ``params`` names a tensor the module does not have (a typo, or the dict of
+            another network), which ``functional_call`` would otherwise ignore silently.
+    """
+    known = set(dict(module.named_parameters())) | set(dict(module.named_buffers()))
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"params has names that {type(module).__name__} does not have: {unknown}; "
+            f"its parameters are named like {sorted(known)[:4]}"
+        )
+    return torch.func.functional_call(module, params, (x,))
+
+
+def with_new_head(
+    model: nn.Module, n_classes: int, generator: torch.Generator | None = None
+) -> nn.Module:
+    """A copy of ``model`` whose ``head`` is a freshly initialised ``Linear(feature_dim, n_classes)``.
+
+    The original is left untouched (the body is deep-copied). The new head is drawn like
+    ``nn.Linear``'s default: weights and bias uniform in ``±1/sqrt(feature_dim)``.
+
+    Args:
+        model: a network with a ``head`` and a ``feature_dim`` (``Conv4``, ``MLP``).
+        n_classes: outputs of the new head.
+        generator: the source of randomness for the head (``None``: torch's global generator).
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear) or not hasattr(model, "feature_dim"):
+        raise ValueError(
+            f"{type(model).__name__} has no linear `head` and `feature_dim`; "
+            "with_new_head works on Conv4 and MLP"
+        )
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be at least 1, got {n_classes}")
+    fresh = nn.Linear(model.feature_dim, n_classes, dtype=head.weight.dtype)
+    bound = 1.0 / math.sqrt(model.feature_dim)
+    with torch.no_grad():
+        # drawn on the CPU so that a CPU generator works for a model on any device
+        fresh.weight.uniform_(-bound, bound, generator=generator)
+        fresh.bias.uniform_(-bound, bound, generator=generator)
+    new = copy.deepcopy(model)
+    new.head = fresh.to(head.weight.device)
+    return new

@@ -1,0 +1,137 @@
+"""Figures used across chapters: episodes, image grids, learning curves, scores with error bars.
+
+Every function draws on a matplotlib ``Axes`` it is given (or a new figure) and returns the
+figure, labelled, so a chapter can adjust it before showing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from metalib.tasks import Episode
+from metalib.train import History, Score
+
+
+def image_grid(
+    images: torch.Tensor,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    scale: float = 0.9,
+):
+    """Draw a grid of single-channel images.
+
+    Args:
+        images: ``(R, C, 1, H, W)`` or ``(R, C, H, W)`` float in [0, 1], ink = 1.
+        row_labels: R labels drawn left of the rows.
+        title: figure title.
+        scale: inches per image.
+    """
+    if images.dim() == 5:
+        images = images[:, :, 0]
+    if images.dim() != 4:
+        raise ValueError(f"expected (rows, cols, [1,] H, W) images, got {tuple(images.shape)}")
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale, rows * scale), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.imshow(images[r, c].detach().cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def episode_grid(episode: Episode, task: int = 0, class_names: Sequence[str] | None = None,
+                 max_queries: int = 5):
+    """Draw one task of an episode: a row per label, its support images, then its query images.
+
+    Args:
+        episode: an image episode (``support_x`` of shape ``(T, N*K, 1, H, W)``).
+        task: which of the T tasks to draw.
+        class_names: names of the original classes, indexed by ``episode.classes``.
+        max_queries: at most this many query images per row.
+    """
+    if episode.support_x.dim() != 5:
+        raise ValueError("episode_grid draws image episodes; this episode's inputs are not images")
+    sx, sy = episode.support_x[task], episode.support_y[task]
+    qx, qy = episode.query_x[task], episode.query_y[task]
+    n_way = int(sy.max()) + 1
+    k_shot = int((sy == 0).sum())
+    q = min(int((qy == 0).sum()), max_queries)
+    size = sx.shape[-1]
+    blank = torch.zeros(1, size, size)
+    rows = []
+    for label in range(n_way):
+        support = list(sx[sy == label])
+        query = list(qx[qy == label][:q])
+        rows.append(torch.stack(support + [blank] + query))
+    grid = torch.stack(rows)  # (N, K + 1 + q, 1, H, W)
+    labels = [f"label {j}" for j in range(n_way)]
+    if class_names is not None and episode.classes is not None:
+        labels = [f"{j}: {class_names[int(c)][:22]}" for j, c in enumerate(episode.classes[task])]
+    fig = image_grid(grid, row_labels=labels, scale=0.75)
+    fig.suptitle(f"{n_way}-way {k_shot}-shot task: support (left) | query (right)", fontsize=10)
+    fig.axes[0].set_title("support", fontsize=8, loc="left")
+    fig.axes[k_shot + 1].set_title("query", fontsize=8, loc="left")
+    for r in range(n_way):  # the blank separator column carries no frame
+        fig.axes[r * (k_shot + 1 + q) + k_shot].axis("off")
+    return fig
+
+
+def learning_curves(history: History, metrics: Sequence[str] = ("loss",), window: int = 1,
+                    ax=None, title: str | None = None):
+    """Plot metrics of a training ``History`` against the step, optionally smoothed."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in metrics:
+        values = history.smoothed(name, window) if window > 1 else history[name]
+        ax.plot(history.step[: len(values)], values, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(", ".join(metrics))
+    if len(metrics) > 1:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def scores_vs(x: Sequence[float], curves: Mapping[str, Sequence[Score]], xlabel: str,
+              ylabel: str = "accuracy (%)", ax=None, title: str | None = None, chance=None):
+    """Plot mean scores with 95% confidence bands, one curve per entry of ``curves``.
+
+    Args:
+        x: the x positions (e.g. shots).
+        curves: name -> one ``Score`` per x.
+        chance: draw a dashed line at this level (e.g. 100 / n_way), if given.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, scores in curves.items():
+        if len(scores) != len(x):
+            raise ValueError(f"curve {name!r} has {len(scores)} scores for {len(x)} x values")
+        mean = np.array([s.mean for s in scores]) * 100
+        ci = np.array([s.ci95 for s in scores]) * 100
+        ax.plot(x, mean, marker="o", label=name)
+        ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(list(x))
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
