@@ -30,15 +30,22 @@ OUT = ROOT / "benchmarks" / "results" / "timings.md"
 
 def run(cmd: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **(env or {})},
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd,
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
 def time_chapter(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     start = time.perf_counter()
     client.execute()
     return time.perf_counter() - start

@@ -134,7 +134,7 @@ class MLP(nn.Module):
                 f"hidden={tuple(hidden)}, out_features={out_features}"
             )
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.in_features = in_features
         self.body = nn.Sequential(*layers)
@@ -192,7 +192,7 @@ def forward_with(
 def with_new_head(
     model: nn.Module, n_classes: int, generator: torch.Generator | None = None
 ) -> nn.Module:
-    """A copy of ``model`` whose ``head`` is a freshly initialised ``Linear(feature_dim, n_classes)``.
+    """A copy of ``model`` with a freshly initialised head ``Linear(feature_dim, n_classes)``.
 
     The original is left untouched (the body is deep-copied). The new head is drawn like
     ``nn.Linear``'s default: weights and bias uniform in ``±1/sqrt(feature_dim)``.

@@ -50,8 +50,9 @@ def image_grid(
     return fig
 
 
-def episode_grid(episode: Episode, task: int = 0, class_names: Sequence[str] | None = None,
-                 max_queries: int = 5):
+def episode_grid(
+    episode: Episode, task: int = 0, class_names: Sequence[str] | None = None, max_queries: int = 5
+):
     """Draw one task of an episode: a row per label, its support images, then its query images.
 
     Args:
@@ -87,8 +88,13 @@ def episode_grid(episode: Episode, task: int = 0, class_names: Sequence[str] | N
     return fig
 
 
-def learning_curves(history: History, metrics: Sequence[str] = ("loss",), window: int = 1,
-                    ax=None, title: str | None = None):
+def learning_curves(
+    history: History,
+    metrics: Sequence[str] = ("loss",),
+    window: int = 1,
+    ax=None,
+    title: str | None = None,
+):
     """Plot metrics of a training ``History`` against the step, optionally smoothed."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -106,8 +112,15 @@ def learning_curves(history: History, metrics: Sequence[str] = ("loss",), window
     return ax.figure
 
 
-def scores_vs(x: Sequence[float], curves: Mapping[str, Sequence[Score]], xlabel: str,
-              ylabel: str = "accuracy (%)", ax=None, title: str | None = None, chance=None):
+def scores_vs(
+    x: Sequence[float],
+    curves: Mapping[str, Sequence[Score]],
+    xlabel: str,
+    ylabel: str = "accuracy (%)",
+    ax=None,
+    title: str | None = None,
+    chance=None,
+):
     """Plot mean scores with 95% confidence bands, one curve per entry of ``curves``.
 
     Args:

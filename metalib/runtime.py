@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -132,7 +132,7 @@ def cache_dir() -> Path:
 
 
 def progress(iterable: Iterable[T] | None = None, **kwargs: Any):
-    """A tqdm progress bar (a widget in Jupyter, text in a terminal), off when ``METALIB_PROGRESS=0``.
+    """A tqdm progress bar (a widget in Jupyter, text in a terminal); ``METALIB_PROGRESS=0``: off.
 
     Takes tqdm's arguments (``total``, ``desc``, ...). The book build sets ``METALIB_PROGRESS=0``
     so that executed pages carry no bars.

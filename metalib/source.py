@@ -11,11 +11,13 @@ from typing import Any
 
 
 def source(obj: Any, docstring: bool = True) -> str:
-    """The source code of a function, class or module; without its docstring if ``docstring=False``."""
+    """The source of a function, class or module (without its docstring if ``docstring=False``)."""
     try:
         text = inspect.getsource(obj)
     except (TypeError, OSError) as err:
-        raise ValueError(f"no source available for {obj!r}: pass a function, class or module") from err
+        raise ValueError(
+            f"no source available for {obj!r}: pass a function, class or module"
+        ) from err
     if docstring:
         return text
     doc = inspect.getdoc(obj)
@@ -26,8 +28,10 @@ def source(obj: Any, docstring: bool = True) -> str:
         stripped = line.strip()
         if stripped.startswith(('"""', "'''", 'r"""')):
             quote = stripped.lstrip("r")[:3]
-            end = i if stripped.count(quote) >= 2 and len(stripped) > 3 else next(
-                j for j in range(i + 1, len(lines)) if quote in lines[j]
+            end = (
+                i
+                if stripped.count(quote) >= 2 and len(stripped) > 3
+                else next(j for j in range(i + 1, len(lines)) if quote in lines[j])
             )
             return "".join(lines[:i] + lines[end + 1 :])
     return text

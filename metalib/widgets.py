@@ -54,7 +54,9 @@ def episode_explorer(
         data = get(dataset.value)
         n = min(ways.value, data.n_classes)
         k = min(shots.value, data.per_class - queries)
-        episode = sample_episodes(data, n, k, queries, generator=torch.Generator().manual_seed(seed.value))
+        episode = sample_episodes(
+            data, n, k, queries, generator=torch.Generator().manual_seed(seed.value)
+        )
         with out:
             out.clear_output(wait=True)
             fig = episode_grid(episode, class_names=data.class_names)

@@ -1,4 +1,4 @@
-"""Shared fixtures: pinned threads, seeded generators, a tiny synthetic dataset, the Omniglot zips."""
+"""Shared fixtures: pinned threads, seeds, a tiny synthetic dataset, the Omniglot zips."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def make_tiny_classes(n_classes: int = 12, per_class: int = 6, size: int = 8) ->
 
 @pytest.fixture
 def tiny_classes() -> ImageClasses:
-    """12 classes x 6 images of 8 x 8; pixel (0, 0) is 255 * class / 255, pixel (0, 1) the sample."""
+    """12 classes x 6 images of 8 x 8; pixel (0, 0) holds the class id, pixel (0, 1) the sample."""
     return make_tiny_classes()
 
 

@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 FOLDERS = ("chapters", "exercises", "solutions")
@@ -15,7 +14,10 @@ FOLDERS = ("chapters", "exercises", "solutions")
 def tracked_notebooks() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "--", *(f"{d}/*.ipynb" for d in FOLDERS)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return sorted(out)
 
@@ -33,7 +35,8 @@ def test_committed_without_outputs(path):
     nb = json.loads((ROOT / path).read_text())
     assert nb["nbformat"] == 4
     dirty = [
-        i for i, cell in enumerate(nb["cells"])
+        i
+        for i, cell in enumerate(nb["cells"])
         if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count"))
     ]
     assert not dirty, f"{path}: cells {dirty} carry outputs; run `make strip` before committing"

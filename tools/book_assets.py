@@ -1,4 +1,4 @@
-"""Fetch the two JavaScript files the book needs to show widgets offline, into _build/offline_static.
+"""Fetch the JavaScript the book needs to show widgets offline, into _build/offline_static.
 
 The HTML book embeds each widget's state; to draw it, a page needs require.js and the ipywidgets
 embedder (``@jupyter-widgets/html-manager``), which myst-nb would otherwise load from a CDN. We take
@@ -36,17 +36,21 @@ def main() -> int:
         return 1
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["npm", "pack", "--silent", *PACKAGES], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "pack", "--silent", *PACKAGES], cwd=tmp, check=True, stdout=subprocess.DEVNULL
+        )
         for tgz in Path(tmp).glob("*.tgz"):
-            spec = next(s for s in PACKAGES if tgz.name.startswith(
-                s.lstrip("@").replace("/", "-").split("@")[0]))
+            spec = next(
+                s
+                for s in PACKAGES
+                if tgz.name.startswith(s.lstrip("@").replace("/", "-").split("@")[0])
+            )
             with tarfile.open(tgz) as tar:
                 for member in tar.getmembers():
                     for src, dst in PACKAGES[spec].items():
                         if not member.isfile() or not member.name.startswith(src):
                             continue
-                        rel = dst or member.name[len(src):]
+                        rel = dst or member.name[len(src) :]
                         if rel.endswith(".map"):
                             continue
                         target = OUT / rel

@@ -13,11 +13,22 @@ TORCH = "torch==2.13.0"
 
 def main() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "freeze",
+            "--exclude-editable",
+            "--disable-pip-version-check",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.splitlines()
     print("# Pinned environment of the workbook: `make lock` writes it; `make setup` installs it.")
-    print("# torch stays at 2.13.0 (the CPU build installs from local disk on the course machines).")
+    print(
+        "# torch stays at 2.13.0 (the CPU build installs from local disk on the course machines)."
+    )
     for line in sorted(out, key=str.lower):
         name = line.split("==")[0].strip().lower()
         if not line or line.startswith("#") or name == "metalib" or line.startswith("-e "):

@@ -21,8 +21,9 @@ def strip(path: Path) -> bool:
     before = path.read_text()
     nb = nbformat.reads(before, as_version=4)
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_NB_METADATA}
-    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
-                                          "language": "python"})
+    nb.metadata.setdefault(
+        "kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"}
+    )
     nb.metadata.get("language_info", {}).pop("version", None)
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
@@ -39,7 +40,9 @@ def strip(path: Path) -> bool:
 
 def main(argv: list[str]) -> int:
     paths = [Path(a) for a in argv] or [
-        p for d in ("chapters", "exercises", "solutions") for p in sorted((ROOT / d).glob("*.ipynb"))
+        p
+        for d in ("chapters", "exercises", "solutions")
+        for p in sorted((ROOT / d).glob("*.ipynb"))
     ]
     for p in paths:
         if strip(p):

@@ -63,7 +63,7 @@ def save(path: Path, obj: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    """The cached dict at ``path``; ``None`` when missing. A corrupt file is removed with a warning."""
+    """The dict cached at ``path``; ``None`` if missing or corrupt (then warned of and removed)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -75,7 +75,8 @@ def load(path: Path) -> dict[str, Any] | None:
         return torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as err:  # any unreadable file is treated the same way: rebuilt
         warnings.warn(
-            f"cache file {path} is corrupt ({type(err).__name__}: {err}); removing it and rebuilding",
+            f"cache file {path} is corrupt ({type(err).__name__}: {err}); "
+            "removing it and rebuilding",
             RuntimeWarning,
             stacklevel=2,
         )
