@@ -74,7 +74,7 @@ SPLITS = {
     },
 }
 _DECODER_VERSION = 1  # bump when decoding changes, so old cache entries are not reused
-_CHUNK = 1024  # images resized at once: bounds the float copy to about 45 MB
+_CHUNK = 1024  # images decoded and resized at once: about 60 MB of 105 x 105 pixels
 
 
 def _check_name(name: str) -> None:
@@ -83,22 +83,16 @@ def _check_name(name: str) -> None:
 
 
 def search_roots(root: str | Path | None = None) -> list[Path]:
-    """The folders searched for the data: ``root`` alone if given, else ``$METALIB_OMNIGLOT``,
-    ``<cache_dir()>/omniglot`` and ``shared/data/omniglot`` beside the repository, in that order."""
+    """The folders searched for the data, in order; the first is where downloads go.
+
+    ``root`` alone if given; else ``$METALIB_OMNIGLOT`` (when set), ``<cache_dir()>/omniglot``
+    and ``shared/data/omniglot`` beside the repository.
+    """
     if root is not None:
         return [Path(root).expanduser()]
     roots = [Path(os.environ[ENV_ROOT]).expanduser()] if os.environ.get(ENV_ROOT) else []
     shared = Path(metalib.__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
     return [*roots, runtime.cache_dir() / "omniglot", shared]
-
-
-def _download_root(root: str | Path | None) -> Path:
-    """Where ``download`` puts files: ``root``, else ``$METALIB_OMNIGLOT``, else the cache."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get(ENV_ROOT):
-        return Path(os.environ[ENV_ROOT]).expanduser()
-    return runtime.cache_dir() / "omniglot"
 
 
 def find_set(name: str, root: str | Path | None = None) -> Path:
@@ -110,10 +104,11 @@ def find_set(name: str, root: str | Path | None = None) -> Path:
     _check_name(name)
     tried = []
     for r in search_roots(root):
-        for candidate in (r / f"{name}.zip", r / name):
-            if candidate.is_file() if candidate.suffix == ".zip" else candidate.is_dir():
-                return candidate
-            tried.append(str(candidate))
+        if (r / f"{name}.zip").is_file():
+            return r / f"{name}.zip"
+        if (r / name).is_dir():
+            return r / name
+        tried += [str(r / f"{name}.zip"), str(r / name)]
     raise FileNotFoundError(
         f"Omniglot set {name!r} not found; looked for " + ", ".join(tried) + ". Download "
         f"{BASE_URL}/{name}.zip into one of those folders (or set {ENV_ROOT} to its folder), "
@@ -131,7 +126,10 @@ def md5sum(path: Path) -> str:
 
 
 def download(name: str, root: str | Path | None = None, base_url: str | None = None) -> Path:
-    """Download ``<name>.zip`` into ``root`` (default as in ``load``), verified by md5, atomically.
+    """Download ``<name>.zip`` into ``root``, verified by md5, atomically.
+
+    ``root`` defaults to the first of ``search_roots()``: ``$METALIB_OMNIGLOT``, else
+    ``<cache_dir()>/omniglot``.
 
     A file already there with the right md5 is kept, one with a wrong md5 replaced.
     ``base_url`` defaults to ``BASE_URL`` (tests point it at a ``file://`` folder).
@@ -141,7 +139,7 @@ def download(name: str, root: str | Path | None = None, base_url: str | None = N
         OSError: the URL cannot be read (no internet?).
     """
     _check_name(name)
-    folder = _download_root(root)
+    folder = search_roots(root)[0]
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.zip"
     if target.is_file() and md5sum(target) == MD5[name]:
@@ -214,17 +212,20 @@ def _decode(source: Path, name: str, image_size: int) -> dict:
             read = lambda p: (source.parent / p).read_bytes()  # noqa: E731
         classes = _index(paths, name, source)
         flat = [p for files in classes.values() for p in files]
-        pixels, shape = [], None
-        for p in runtime.progress(flat, desc=f"decoding {name}", leave=False):
+        resized, pixels, shape = [], [], None
+        for i, p in enumerate(runtime.progress(flat, desc=f"decoding {name}", leave=False)):
             try:
                 img = np.asarray(Image.open(io.BytesIO(read(p))).convert("L"))
             except OSError as err:  # PIL's UnidentifiedImageError is an OSError
                 raise ValueError(f"{source}: {p} is not a readable PNG ({err})") from err
-            if shape is None:
-                shape = img.shape
+            shape = shape or img.shape
             if img.shape != shape:
                 raise ValueError(f"{source}: {p} is {img.shape}, the others are {shape}")
             pixels.append(img)
+            if len(pixels) == _CHUNK or i == len(flat) - 1:  # resize in chunks to bound memory
+                white = torch.from_numpy(np.stack(pixels)).float() / 255.0  # (n, H, W), ink = 0
+                resized.append(to_uint8_images(1.0 - white, image_size))  # ink = 1 on 0
+                pixels = []
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise ValueError(
             f"{source} is not a readable zip ({err}); delete it and download it again from "
@@ -233,12 +234,7 @@ def _decode(source: Path, name: str, image_size: int) -> dict:
     finally:
         if archive is not None:
             archive.close()
-    stacked = torch.from_numpy(np.stack(pixels))  # (N, H, W) uint8, white = 255
-    small = [
-        to_uint8_images(1.0 - stacked[i : i + _CHUNK].float() / 255.0, image_size)
-        for i in range(0, len(stacked), _CHUNK)
-    ]  # inverted so that ink = 1 on a background of 0
-    images = torch.cat(small).view(len(classes), DRAWERS, image_size, image_size)
+    images = torch.cat(resized).view(len(classes), DRAWERS, image_size, image_size)
     return {
         "images": images,
         "class_names": [f"{a}/{c}" for a, c in classes],
