@@ -87,7 +87,12 @@ def set_threads(n: int | None = None) -> int:
     """
     if n is None:
         env = os.environ.get(ENV_THREADS, "").strip()
-        n = int(env) if env else min(4, os.cpu_count() or 1)
+        try:
+            n = int(env) if env else min(4, os.cpu_count() or 1)
+        except ValueError as err:
+            raise ValueError(
+                f"{ENV_THREADS}={env!r} is not a positive integer; set it to e.g. 2, or unset it"
+            ) from err
     if n < 1:
         raise ValueError(f"thread count must be at least 1, got {n}")
     torch.set_num_threads(n)

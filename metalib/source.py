@@ -6,7 +6,9 @@ source with syntax highlighting: the reader sees exactly the code that runs.
 
 from __future__ import annotations
 
+import ast
 import inspect
+import textwrap
 from typing import Any
 
 
@@ -20,21 +22,18 @@ def source(obj: Any, docstring: bool = True) -> str:
         ) from err
     if docstring:
         return text
-    doc = inspect.getdoc(obj)
-    if not doc:
-        return text
+    tree = ast.parse(textwrap.dedent(text))
+    node = tree if inspect.ismodule(obj) else tree.body[0]
+    body = getattr(node, "body", [])
+    first = body[0] if body else None
+    if not (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return text  # the object has no docstring of its own
     lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped.startswith(('"""', "'''", 'r"""')):
-            quote = stripped.lstrip("r")[:3]
-            end = (
-                i
-                if stripped.count(quote) >= 2 and len(stripped) > 3
-                else next(j for j in range(i + 1, len(lines)) if quote in lines[j])
-            )
-            return "".join(lines[:i] + lines[end + 1 :])
-    return text
+    return "".join(lines[: first.lineno - 1] + lines[first.end_lineno :])
 
 
 def show(*objs: Any, docstring: bool = True):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from metalib.data.base import ImageClasses
 from metalib.plots import episode_grid
@@ -60,7 +61,8 @@ def episode_explorer(
         with out:
             out.clear_output(wait=True)
             fig = episode_grid(episode, class_names=data.class_names)
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)  # one figure per redraw, not one more per slider move
 
     for control in (dataset, ways, shots, seed):
         control.observe(draw, names="value")

@@ -28,12 +28,14 @@ def digest(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
-            h.update(part.read_bytes())
+            kind, data = "path", part.read_bytes()
         elif isinstance(part, bytes):
-            h.update(part)
+            kind, data = "bytes", part
         else:
-            h.update(repr(part).encode())
-        h.update(b"\x00")
+            kind, data = type(part).__name__, repr(part).encode()
+        # type and length before the data, so that no two different part lists collide
+        h.update(f"{kind}:{len(data)}:".encode())
+        h.update(data)
     return h.hexdigest()[:16]
 
 
