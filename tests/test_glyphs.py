@@ -208,13 +208,37 @@ def test_identity_distortion_leaves_the_image_alone():
     u = torch.tensor(
         [0.5, 0.5, u_for(1.0, *glyphs._SCALE), 0.5, 0.5, 0.5, u_for(0.0, *glyphs._STROKE)]
     ).repeat(3, 1)
-    torch.testing.assert_close(glyphs._distort(x, u), x, atol=1e-5, rtol=0)
+    still = torch.zeros(3, 2, glyphs._WARP_GRID, glyphs._WARP_GRID)
+    torch.testing.assert_close(glyphs._distort(x, u, still), x, atol=1e-5, rtol=0)
     # A shift of 2/64 in [-1, 1] coordinates moves the image one pixel right.
     u[:, 4] = u_for(2 / 64, -glyphs._SHIFT, glyphs._SHIFT)
     x[..., :, 0] = 0  # so the pixel pushed off the edge does not matter
     x[..., :, -1] = 0
     shifted = torch.roll(x, shifts=1, dims=-1)
-    torch.testing.assert_close(glyphs._distort(x, u), shifted, atol=1e-5, rtol=0)
+    torch.testing.assert_close(glyphs._distort(x, u, still), shifted, atol=1e-5, rtol=0)
+
+
+def test_constant_elastic_field_is_a_shift():
+    """A warp field that is the same everywhere moves every pixel alike: sampling 2/64 to the
+    right (one pixel of a 64-pixel canvas) moves the image one pixel left."""
+    x = torch.rand(2, 64, 64)
+    x[..., :, 0] = 0
+    x[..., :, -1] = 0
+    u = torch.tensor(
+        [
+            0.5,
+            0.5,
+            (1.0 - glyphs._SCALE[0]) / (glyphs._SCALE[1] - glyphs._SCALE[0]),
+            0.5,
+            0.5,
+            0.5,
+            (0.0 - glyphs._STROKE[0]) / (glyphs._STROKE[1] - glyphs._STROKE[0]),
+        ]
+    ).repeat(2, 1)
+    warp = torch.zeros(2, 2, glyphs._WARP_GRID, glyphs._WARP_GRID)
+    warp[:, 0] = (2 / 64) / glyphs._ELASTIC
+    expected = torch.roll(x, shifts=-1, dims=-1)
+    torch.testing.assert_close(glyphs._distort(x, u, warp), expected, atol=1e-5, rtol=0)
 
 
 def test_stroke_blends_erosion_and_dilation_like_pooling():

@@ -2,7 +2,7 @@
 
 A class is one Unicode letter; its images are that letter drawn in the font faces that hold it
 (DejaVu, STIX, Computer Modern: 4 to 23 faces a letter), each image bent by a random affine map
-and given thinner or thicker strokes, so that the images of a class differ the way different
+and a smooth elastic warp and given thinner or thicker strokes, so that the images of a class differ the way different
 people's drawings of a character do in Omniglot (Lake, Salakhutdinov & Tenenbaum, 2015).
 
 How :func:`render` makes it:
@@ -14,8 +14,9 @@ How :func:`render` makes it:
    A become one class, the Latin one), judged over all splits at once so that no split holds a
    look-alike of another split's class;
 3. image ``m`` of a class is drawn in face number ``m mod n_faces`` (faces in a seeded random
-   order) under a seeded random rotation, shear, scale, stretch and shift, with strokes eroded
-   or dilated by a random fraction of a pixel, and then shrunk to ``image_size``.
+   order) under a seeded random rotation, shear, scale, stretch and shift, bent by a smooth random
+   elastic field (Simard et al., 2003), with strokes eroded or dilated by a random fraction of a
+   pixel, and then shrunk to ``image_size``.
 
 Classes are split by script (:data:`SPLITS`): meta-test letters come from scripts never seen in
 meta-training. :func:`load` caches the result on disk, keyed by the font files,
@@ -35,7 +36,7 @@ from metalib import runtime
 from metalib.data import cache, fonts
 from metalib.data.base import ImageClasses, to_uint8_images
 
-RENDER_VERSION = 1  # bump whenever a change here or in fonts.py changes the pixels
+RENDER_VERSION = 2  # bump whenever a change here or in fonts.py changes the pixels
 
 # Scripts per split, about 60 / 15 / 25 of the classes. Scripts that share shapes stay together
 # (Latin with Lisu, whose letters are turned Latin capitals; Greek with Coptic and Old Italic),
@@ -66,6 +67,11 @@ _SCALE = (0.85, 1.1)
 _STRETCH = 0.1
 _SHIFT = 0.08
 _STROKE = (-0.5, 1.0)
+# Elastic warp (Simard, Steinkraus & Platt, 2003): a smooth random displacement field, normal
+# noise on a coarse _WARP_GRID x _WARP_GRID lattice scaled by _ELASTIC (a fraction of the
+# half-canvas) and interpolated bicubically, bends strokes the way a hand does.
+_ELASTIC = 0.12
+_WARP_GRID = 4
 _CHUNK = 512  # images distorted at once: small enough (8 MB) to stay in the CPU's cache
 
 
@@ -168,12 +174,13 @@ def _stroke(x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _distort(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Random affine distortion and stroke change, as different drawers would draw a character.
+def _distort(x: torch.Tensor, u: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
+    """Random affine and elastic distortion and stroke change, as different drawers would draw.
 
     Args:
         x: ``(N, H, W)`` ink in [0, 1], square.
-        u: ``(N, 7)`` uniform numbers in [0, 1) that set each image's distortion.
+        u: ``(N, 7)`` uniform numbers in [0, 1) that set each image's affine map and strokes.
+        warp: ``(N, 2, G, G)`` standard normal numbers: the coarse elastic displacement field.
 
     Returns:
         ``(N, H, W)`` ink in [0, 1].
@@ -204,6 +211,8 @@ def _distort(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     ys = (torch.arange(h, dtype=x.dtype)[:, None] * 2 + 1) / h - 1
     gx = theta[:, 0] * xs + theta[:, 1] * ys + theta[:, 2]  # (N, H, W)
     gy = theta[:, 3] * xs + theta[:, 4] * ys + theta[:, 5]
+    field = F.interpolate(warp * _ELASTIC, size=(h, w), mode="bicubic", align_corners=True)
+    gx, gy = gx + field[:, 0], gy + field[:, 1]
     x = F.grid_sample(x.unsqueeze(1), torch.stack([gx, gy], -1), align_corners=False)
     return _stroke(x.squeeze(1), radius)
 
@@ -238,10 +247,13 @@ def render(image_size: int = 28, per_class: int = 20, seed: int = 0) -> dict[str
     stack = torch.cat(drawings)  # (sum of faces, canvas, canvas) uint8
     source = source.flatten()
     u = torch.rand(len(source), 7, generator=generator)
+    warp = torch.randn(len(source), 2, _WARP_GRID, _WARP_GRID, generator=generator)
     images = torch.empty(len(source), image_size, image_size, dtype=torch.uint8)
     for s in runtime.progress(range(0, len(source), _CHUNK), desc="Glyphs: distorting"):
         x = stack[source[s : s + _CHUNK]].float() / 255
-        images[s : s + _CHUNK] = to_uint8_images(_distort(x, u[s : s + _CHUNK]), image_size)
+        images[s : s + _CHUNK] = to_uint8_images(
+            _distort(x, u[s : s + _CHUNK], warp[s : s + _CHUNK]), image_size
+        )
     return {
         "images": images.view(len(codes), per_class, image_size, image_size),
         "codes": torch.tensor(codes, dtype=torch.long),
@@ -254,7 +266,8 @@ def render(image_size: int = 28, per_class: int = 20, seed: int = 0) -> dict[str
 
 def _cache_path(folder: Path, image_size: int, per_class: int, seed: int) -> Path:
     recipe = (_MIN_FACES, _BOX, _SAME_FACE, _SAME_CLASS, _SAME_ACROSS, _ROTATION, _SHEAR)
-    recipe += (_SCALE, _STRETCH, _SHIFT, _STROKE, tuple(SPLITS.items()), fonts.FACE_FILES)
+    recipe += (_SCALE, _STRETCH, _SHIFT, _STROKE, _ELASTIC, _WARP_GRID)
+    recipe += (tuple(SPLITS.items()), fonts.FACE_FILES)
     key = cache.digest(*fonts.face_paths(), RENDER_VERSION, recipe, image_size, per_class, seed)
     return folder / f"glyphs-{key}.pt"
 
