@@ -2,8 +2,9 @@
 
 A class is one Unicode letter; its images are that letter drawn in the font faces that hold it
 (DejaVu, STIX, Computer Modern: 4 to 23 faces a letter), each image bent by a random affine map
-and a smooth elastic warp and given thinner or thicker strokes, so that the images of a class differ the way different
-people's drawings of a character do in Omniglot (Lake, Salakhutdinov & Tenenbaum, 2015).
+and a smooth elastic warp and given thinner or thicker strokes, so that the images of a class
+differ the way different people's drawings of a character do in Omniglot (Lake, Salakhutdinov &
+Tenenbaum, 2015).
 
 How :func:`render` makes it:
 
