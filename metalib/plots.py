@@ -81,6 +81,7 @@ def episode_grid(
         labels = [f"{j}: {class_names[int(c)][:22]}" for j, c in enumerate(episode.classes[task])]
     fig = image_grid(grid, row_labels=labels, scale=0.75)
     fig.suptitle(f"{n_way}-way {k_shot}-shot task: support (left) | query (right)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave room for the title above the captions
     fig.axes[0].set_title("support", fontsize=8, loc="left")
     fig.axes[k_shot + 1].set_title("query", fontsize=8, loc="left")
     for r in range(n_way):  # the blank separator column carries no frame
