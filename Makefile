@@ -9,7 +9,7 @@ export METALIB_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book test test-unit lint strip lock bench clean
+.PHONY: help setup book check-book test test-unit lint strip lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -25,8 +25,13 @@ setup: $(STAMP)  ## Create .venv from the pinned lock (done by every other comma
 
 book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html (warnings fail)
 	$(BIN)/python tools/book_assets.py
+	$(BIN)/python tools/book_cache.py
+	rm -rf _build/html
 	METALIB_PROGRESS=0 $(BIN)/jupyter-book build --all -W -n --keep-going . 2>&1 | tee _build/book.log; \
 	  exit $${PIPESTATUS[0]}
+
+check-book: $(STAMP)  ## Open every built page in headless Chromium: math, widgets, figures, console
+	$(BIN)/python tools/check_book.py
 
 test: $(STAMP)  ## Lint, unit tests, then every chapter and solution notebook executed by nbval
 	$(BIN)/ruff check .

@@ -79,7 +79,7 @@ def episode_grid(
     labels = [f"label {j}" for j in range(n_way)]
     if class_names is not None and episode.classes is not None:
         labels = [f"{j}: {class_names[int(c)][:22]}" for j, c in enumerate(episode.classes[task])]
-    fig = image_grid(grid, row_labels=labels, scale=0.75)
+    fig = image_grid(grid, row_labels=labels, scale=0.9)
     fig.suptitle(f"{n_way}-way {k_shot}-shot task: support (left) | query (right)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave room for the title above the captions
     fig.axes[0].set_title("support", fontsize=8, loc="left")
