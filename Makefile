@@ -9,7 +9,7 @@ export METALIB_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit lint strip lock bench clean
+.PHONY: help setup book check-book test test-unit lint strip exercises lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test-unit: $(STAMP)  ## Only the unit tests of metalib (fast)
 lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check metalib tests tools benchmarks
+
+exercises: $(STAMP)  ## Generate exercises/ from solutions/ (answers replaced by stubs)
+	$(BIN)/python tools/make_exercises.py
 
 strip: $(STAMP)  ## Strip outputs and noisy metadata from every notebook (before committing)
 	$(BIN)/python tools/strip_notebooks.py

@@ -12,14 +12,12 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-KEEP_NB_METADATA = ("kernelspec", "language_info", "jupytext")
+KEEP_NB_METADATA = ("kernelspec", "language_info", "jupytext", "workbook")
 KEEP_CELL_METADATA = ("tags",)
 
 
-def strip(path: Path) -> bool:
-    """Strip one notebook in place; return True when it changed."""
-    before = path.read_text()
-    nb = nbformat.reads(before, as_version=4)
+def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Strip one notebook in memory (in place, and returned): outputs, counts, noisy metadata."""
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_NB_METADATA}
     nb.metadata.setdefault(
         "kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -30,8 +28,13 @@ def strip(path: Path) -> bool:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-    nbformat.validator.normalize(nb)
-    after = nbformat.writes(nb, version=4) + "\n"
+    return nb
+
+
+def strip(path: Path) -> bool:
+    """Strip one notebook file in place; return True when it changed."""
+    before = path.read_text()
+    after = nbformat.writes(clean(nbformat.reads(before, as_version=4)), version=4) + "\n"
     if after != before:
         path.write_text(after)
         return True

@@ -1,0 +1,89 @@
+"""What a graded question is: the function a student writes, the cases it is run on, the judge.
+
+One format serves the instant checks in the exercise notebooks and the grader:
+
+* a :class:`Case` is plain data — keyword arguments made only of tensors, numbers, strings, lists,
+  tuples and dicts (what ``torch.save``/``torch.load(weights_only=True)`` carry safely) — plus the
+  name of a *probe* in :mod:`metalib.grading.probes` that calls the student's function on them
+  and reduces what comes back to plain data again;
+* a :class:`Question`'s ``judge(case, output)`` compares that output with metalib's reference
+  implementation or checks its properties, and returns ``None`` (pass) or a short message that
+  says what was expected, what came back and for which input.
+
+The grader runs probes in a sandboxed process that holds the submission, and judges in its own
+process, which never runs submitted code: whatever a submission patches, it patches only in the
+sandbox, and it never sees a judge or an expected value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Judge = Callable[["Case", Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input of a question.
+
+    Attributes:
+        label: what a student reads in feedback, e.g. ``"12 classes, 5-way, seed 3"``.
+        kwargs: keyword arguments for the probe (plain data only, see the module docstring).
+        probe: name of the function in :mod:`metalib.grading.probes` that calls the student's
+            function: ``probe(fn, **kwargs) -> plain data``. ``"call"`` calls ``fn(**kwargs)``.
+    """
+
+    label: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    probe: str = "call"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A graded question: the function to write, its points, its cases and its judge.
+
+    Attributes:
+        name: ``"q1"``, ``"q2"``, ... as in the notebook's check cells.
+        function: the name the student's function has in the notebook.
+        points: what a full answer scores; a partial one scores the fraction of cases passed.
+        judge: ``judge(case, output) -> None | message``.
+        visible: cases the notebook's check cell runs (instant feedback).
+        hidden: further cases only the grader runs.
+        title: a short description for feedback.
+    """
+
+    name: str
+    function: str
+    points: float
+    judge: Judge
+    visible: Sequence[Case]
+    hidden: Sequence[Case] = ()
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if self.points <= 0:
+            raise ValueError(f"{self.name}: points must be positive, got {self.points}")
+        if not self.visible:
+            raise ValueError(f"{self.name}: a question needs at least one visible case")
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """The questions of one exercise notebook, e.g. ``Exercise("00_tasks", (q1, q2, q3))``."""
+
+    name: str
+    questions: Sequence[Question]
+
+    def __post_init__(self) -> None:
+        names = [q.name for q in self.questions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"exercise {self.name}: question names repeat: {names}")
+
+    def question(self, name: str) -> Question:
+        for q in self.questions:
+            if q.name == name:
+                return q
+        known = ", ".join(q.name for q in self.questions)
+        raise ValueError(f"exercise {self.name} has no question {name!r}; it has {known}")
