@@ -114,20 +114,30 @@ def build(value: Any) -> Any:
     return value
 
 
-def raises(fn: Callable[..., Any], args: list[Any]) -> dict[str, Any]:
-    """Call ``fn(*args)`` (each built by :func:`build`) on input it should refuse.
+def raises(fn: Callable[..., Any], args: list[Any], valid: list[Any]) -> dict[str, Any]:
+    """Call ``fn(*valid)``, which must work, then ``fn(*args)``, which it should refuse.
+
+    Each argument is built by :func:`build`. The valid call comes first so that a function that
+    refuses everything does not pass.
 
     Returns:
-        ``{"error": None}`` when it returned, else ``{"error": <exception type name>,
-        "message": <its text>}``. ``NotImplementedError`` propagates (the stub of an exercise).
+        ``{"valid_error": <type>: <text>}`` when the valid call raised; else ``{"error": None}``
+        when the second call returned, or ``{"error": <exception type name>, "message": <text>}``.
+        ``NotImplementedError`` propagates (the stub of an exercise).
     """
-    try:
-        with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):
+        try:
+            fn(*[build(a) for a in valid])
+        except NotImplementedError:
+            raise
+        except Exception as err:  # the judge reports it
+            return {"valid_error": f"{type(err).__name__}: {err}"}
+        try:
             fn(*[build(a) for a in args])
-    except NotImplementedError:
-        raise
-    except Exception as err:  # the judge decides whether this is the error asked for
-        return {"error": type(err).__name__, "message": str(err)}
+        except NotImplementedError:
+            raise
+        except Exception as err:  # the judge decides whether this is the error asked for
+            return {"error": type(err).__name__, "message": str(err)}
     return {"error": None}
 
 

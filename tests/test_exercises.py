@@ -1,0 +1,417 @@
+"""The judges of the exercises: the solutions pass every case, wrong answers fail helpfully.
+
+The reference answers are the functions of ``solutions/NN_topic.ipynb`` themselves (its code
+cells executed here), run through the same path as the notebook's check cells and the grader:
+probe -> plain output -> ``torch.save``/``torch.load(weights_only=True)`` -> judge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib.util
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+from torch import nn
+
+from metalib.grading import ex00_tasks, ex01_finetuning, probes
+from metalib.grading.feedback import evaluate_cases, run_case
+from metalib.grading.spec import Case, Exercise, Question
+
+EXERCISES: dict[str, Exercise] = {
+    "00_tasks": ex00_tasks.EXERCISE,
+    "01_finetuning": ex01_finetuning.EXERCISE,
+}
+
+
+@functools.cache
+def solution(name: str) -> dict[str, Any]:
+    """The namespace of ``solutions/<name>.ipynb`` after running its code cells."""
+    nb = json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())
+    assert nb["metadata"]["workbook"]["exercise"] == name
+    namespace: dict[str, Any] = {"__name__": f"solution_{name}"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for i, cell in enumerate(nb["cells"]):
+            if cell["cell_type"] == "code":
+                exec(compile("".join(cell["source"]), f"{name} cell {i}", "exec"), namespace)
+    return namespace
+
+
+@functools.cache
+def hidden(name: str) -> dict[str, list[Case]]:
+    path = ROOT / "hidden_tests" / f"ex{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hidden_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.HIDDEN
+
+
+def all_cases(name: str, question: Question) -> list[Case]:
+    return [*question.visible, *hidden(name)[question.name]]
+
+
+QUESTIONS = [(name, q.name) for name, ex in EXERCISES.items() for q in ex.questions]
+
+
+@pytest.mark.parametrize(("name", "qname"), QUESTIONS)
+def test_solution_passes_every_case(name, qname):
+    question = EXERCISES[name].question(qname)
+    verdict = evaluate_cases(question, all_cases(name, question), solution(name)[question.function])
+    assert verdict, str(verdict)
+    assert verdict.total >= 4, f"{name} {qname}: too few cases ({verdict.total})"
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_hidden_cases_name_existing_questions_and_probes(name):
+    exercise = EXERCISES[name]
+    assert sorted(hidden(name)) == sorted(q.name for q in exercise.questions)
+    for question in exercise.questions:
+        cases = all_cases(name, question)
+        assert len({c.label for c in cases}) == len(cases), f"{question.name}: labels repeat"
+        for case in cases:
+            assert callable(getattr(probes, case.probe, None)), case.probe
+
+
+def _round_trip(value: Any) -> Any:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize(("name", "qname"), QUESTIONS)
+def test_cases_and_outputs_survive_the_grader_file_format(name, qname):
+    """Case kwargs go to the sandbox and outputs come back through ``weights_only`` files."""
+    question = EXERCISES[name].question(qname)
+    fn = solution(name)[question.function]
+    for case in all_cases(name, question):
+        kwargs = _round_trip(copy.deepcopy(case.kwargs))
+        output = _round_trip(getattr(probes, case.probe)(fn, **kwargs))
+        assert question.judge(case, output) is None, case.label
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_every_case_of_an_exercise_runs_quickly(name):
+    exercise, namespace = EXERCISES[name], solution(name)
+    start = time.perf_counter()
+    for question in exercise.questions:
+        evaluate_cases(question, all_cases(name, question), namespace[question.function])
+    assert time.perf_counter() - start < 10.0, "the grader runs every case within its budget"
+
+
+@pytest.mark.parametrize(("name", "qname"), QUESTIONS)
+def test_a_stub_is_not_answered_yet(name, qname):
+    question = EXERCISES[name].question(qname)
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError("write your answer here")
+
+    verdict = evaluate_cases(question, all_cases(name, question), stub)
+    assert verdict.passed == 0
+    assert verdict.failures == ("not answered yet (write your answer here)",)
+
+
+@pytest.mark.parametrize(("name", "qname"), QUESTIONS)
+def test_refusing_every_input_scores_nothing(name, qname):
+    """A ValueError case passes only if the function also works on valid input."""
+    question = EXERCISES[name].question(qname)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("no")
+
+    verdict = evaluate_cases(question, all_cases(name, question), refuse)
+    assert verdict.passed == 0, str(verdict)
+    raising = [c for c in question.visible if c.probe == "raises"]
+    if raising:
+        message = run_case(question, raising[0], refuse)
+        assert "on valid input" in message and "raised ValueError: no" in message, message
+
+
+def test_check_prints_one_line_per_question(capsys):
+    verdict = ex00_tasks.check("q3", solution("00_tasks")["relabel"])
+    assert verdict and capsys.readouterr().out == "q3: passed (3 of 3 checks)\n"
+    verdict = ex01_finetuning.check("q5", lambda model, x, y: 2.0)
+    assert not verdict and "expected accuracy" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ wrong answers, 00
+
+
+def _classes_checked(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def wrapped(n_classes, n_way, generator):
+        if n_way > n_classes:
+            raise ValueError("too many ways")
+        return fn(n_classes, n_way, generator)
+
+    return wrapped
+
+
+def _support_query_checked(fn):
+    def wrapped(per_class, k_shot, q_queries, generator):
+        if k_shot + q_queries > per_class:
+            raise ValueError("too many images")
+        return fn(per_class, k_shot, q_queries, generator)
+
+    return wrapped
+
+
+def _episode(variant: str):
+    """The solution's make_episode with one thing done wrong."""
+    ns = solution("00_tasks")
+    sample_classes, relabel = ns["sample_classes"], ns["relabel"]
+
+    def make_episode(data, n_way, k_shot, q_queries, generator):
+        if k_shot + q_queries > data.per_class or n_way > data.n_classes:
+            raise ValueError("impossible episode")
+        classes = sample_classes(data.n_classes, n_way, generator)
+        out = {"classes": classes}
+        for part, per, offset in (("support", k_shot, 0), ("query", q_queries, k_shot)):
+            c = classes.repeat_interleave(per)
+            m = torch.stack(
+                [torch.randperm(data.per_class, generator=generator) for _ in range(n_way)]
+            )
+            m = m[:, offset : offset + per].flatten()  # a fresh permutation per set: overlaps
+            if variant != "overlap":
+                m = torch.arange(offset, offset + per).repeat(n_way)
+            if variant != "grouped":
+                order = torch.randperm(len(c), generator=generator)
+                c, m = c[order], m[order]
+            out[f"{part}_x"] = data.get(c, m)
+            out[f"{part}_y"] = c if variant == "class labels" else relabel(c, classes)
+            if variant == "uint8":
+                out[f"{part}_x"] = data.images[c, m].unsqueeze(1)
+        return tuple(out.values()) if variant == "tuple" else out
+
+    return make_episode
+
+
+WRONG_00 = {
+    "sorted classes": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n, generator=g)[:k].sort().values),
+        "random order",
+    ),
+    "global generator": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n)[:k]),
+        "torch's global generator",
+    ),
+    "classes with repeats": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randint(n, (k,), generator=g)),
+        "must be distinct",
+    ),
+    "one class short": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n - 1, generator=g)[:k]),
+        "should have shape (5,)",
+    ),
+    "no ValueError": (
+        "q1",
+        lambda n, k, g: torch.randperm(n, generator=g)[:k],
+        "expected a ValueError",
+    ),
+    "float classes": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n, generator=g)[:k].float()),
+        "integer indices",
+    ),
+    "support and query drawn apart": (
+        "q2",
+        _support_query_checked(
+            lambda m, k, q, g: (
+                torch.randperm(m, generator=g)[:k],
+                torch.randperm(m, generator=g)[:q],
+            )
+        ),
+        "share images",
+    ),
+    "always the first images": (
+        "q2",
+        _support_query_checked(lambda m, k, q, g: (torch.arange(k), torch.arange(k, k + q))),
+        "every image must be possible",
+    ),
+    "labels by sorted class": (
+        "q3",
+        lambda sample_classes, episode_classes: torch.searchsorted(
+            episode_classes.sort().values, sample_classes
+        ),
+        "so its label is",
+    ),
+    "class numbers as labels": (
+        "q3",
+        lambda sample_classes, episode_classes: sample_classes,
+        "expected labels",
+    ),
+    "grouped, not shuffled": ("q4", _episode("grouped"), "no position tells the label"),
+    "class numbers in y": ("q4", _episode("class labels"), "should hold labels 0.."),
+    "support and query overlap": ("q4", _episode("overlap"), "must be distinct"),
+    "uint8 images": ("q4", _episode("uint8"), "float32 images"),
+    "a tuple, not a dict": ("q4", _episode("tuple"), "should return a dict"),
+}
+
+
+# ------------------------------------------------------------------------ wrong answers, 01
+
+
+def _freeze(variant: str):
+    def freeze_blocks(model, k):
+        if not 0 <= k <= 4:
+            raise ValueError("k must be 0..4")
+        for i, block in enumerate(list(model.body)[:4]):
+            if variant == "one too few":
+                block.requires_grad_(i >= k - 1)
+            elif variant == "rest untouched":
+                if i < k:
+                    block.requires_grad_(False)
+            else:
+                block.requires_grad_(i >= k)
+        if variant != "rest untouched":
+            model.head.requires_grad_(True)
+        return None if variant == "returns None" else model
+
+    return freeze_blocks
+
+
+def _head(variant: str):
+    def new_head(model, n_way, generator):
+        new = {"in place": model, "shallow": copy.copy(model)}.get(variant) or copy.deepcopy(model)
+        d = model.feature_dim
+        head = nn.Linear(d, n_way, dtype=model.head.weight.dtype)  # global generator
+        with torch.no_grad():
+            if variant == "zeros":
+                head.weight.zero_()
+                head.bias.zero_()
+            elif variant != "global generator":
+                head.weight.uniform_(-(d**-0.5), d**-0.5, generator=generator)
+                head.bias.uniform_(-(d**-0.5), d**-0.5, generator=generator)
+        new.head = head
+        return new
+
+    return new_head
+
+
+def _step(variant: str):
+    def sgd_step(model, x, y, lr):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()  # gradients pile up in p.grad unless cleared
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p += lr * p.grad if variant == "wrong sign" else -lr * p.grad
+                    if variant != "grads pile up":
+                        p.grad = None
+        if variant == "loss after":
+            return F.cross_entropy(model(x), y).item()
+        return loss.item()
+
+    return sgd_step
+
+
+def _finetune(variant: str):
+    ns = solution("01_finetuning")
+
+    def finetune(model, support_x, support_y, steps, lr, frozen_blocks):
+        net = model if variant == "no copy" else copy.deepcopy(model)
+        ns["freeze_blocks"](net, frozen_blocks)
+        if variant == "adam":
+            opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+            for _ in range(steps):
+                opt.zero_grad()
+                F.cross_entropy(net(support_x), support_y).backward()
+                opt.step()
+            return net
+        for _ in range(steps):
+            ns["sgd_step"](net, support_x, support_y, lr)
+        return net
+
+    return finetune
+
+
+def _accuracy_one_at_a_time(model, x, y):
+    with torch.no_grad():
+        predicted = torch.cat([model(x[i : i + 1]).argmax(dim=-1) for i in range(len(x))])
+    return (predicted == y).float().mean().item()
+
+
+WRONG_01 = {
+    "one block too few": ("q1", _freeze("one too few"), "should be frozen"),
+    "the rest left as it was": ("q1", _freeze("rest untouched"), "should be trainable"),
+    "returns None": ("q1", _freeze("returns None"), "same object"),
+    "no ValueError": ("q1", lambda model, k: model, "expected a ValueError"),
+    "head replaced in place": ("q2", _head("in place"), "the original network itself"),
+    "a shallow copy": ("q2", _head("shallow"), "the original network changed"),
+    "a zero head": ("q2", _head("zeros"), "standard deviation"),
+    "the global generator": ("q2", _head("global generator"), "seeded alike"),
+    "gradients pile up": ("q3", _step("grads pile up"), "off by up to"),
+    "gradient ascent": ("q3", _step("wrong sign"), "off by up to"),
+    "the loss after the step": ("q3", _step("loss after"), "before the step"),
+    "the original fine-tuned": ("q4", _finetune("no copy"), "the original network changed"),
+    "Adam": ("q4", _finetune("adam"), "gradient descent"),
+    "the number right": ("q5", lambda model, x, y: _count_right(model, x, y), "the number right"),
+    "one query at a time": ("q5", _accuracy_one_at_a_time, "one batch"),
+}
+
+
+def _count_right(model, x, y):
+    with torch.no_grad():
+        return int((model(x).argmax(dim=-1) == y).sum())
+
+
+WRONG = [("00_tasks", k, *v) for k, v in WRONG_00.items()] + [
+    ("01_finetuning", k, *v) for k, v in WRONG_01.items()
+]
+
+
+@pytest.mark.parametrize(("name", "variant", "qname", "fn", "says"), WRONG, ids=lambda v: v)
+def test_a_wrong_answer_fails_with_a_helpful_message(name, variant, qname, fn, says):
+    question = EXERCISES[name].question(qname)
+    verdict = evaluate_cases(question, question.visible, fn)
+    assert not verdict, f"{variant}: passed the visible checks"
+    assert any(says in f for f in verdict.failures), f"{variant}: {verdict}"
+    assert not any("could not be checked" in f for f in verdict.failures), str(verdict)
+    everything = evaluate_cases(question, all_cases(name, question), fn)
+    assert everything.passed < everything.total
+
+
+def test_every_question_has_a_wrong_answer():
+    assert {(n, q) for n, _, q, _, _ in WRONG} == set(QUESTIONS)
+
+
+def test_a_float32_head_on_a_float64_model_fails_a_hidden_case():
+    new_head = solution("01_finetuning")["new_head"]
+    question = ex01_finetuning.EXERCISE.question("q2")
+    case = next(c for c in hidden("01_finetuning")["q2"] if "float64" in c.label)
+    assert run_case(question, case, new_head) is None
+
+    def keeps_float32(model, n_way, generator):
+        net = copy.deepcopy(model)
+        net.head = nn.Linear(model.feature_dim, n_way)
+        bound = 1 / math.sqrt(model.feature_dim)
+        with torch.no_grad():
+            net.head.weight.uniform_(-bound, bound, generator=generator)
+            net.head.bias.uniform_(-bound, bound, generator=generator)
+        return net
+
+    message = run_case(question, case, keeps_float32)
+    assert message is not None and "dtype torch.float64" in message
+
+
+def test_a_raised_error_is_feedback_not_a_crash():
+    question = ex00_tasks.EXERCISE.question("q4")
+
+    def broken(data, n_way, k_shot, q_queries, generator):
+        return data.get(torch.zeros(3), torch.zeros(4))
+
+    message = run_case(question, question.visible[0], broken)
+    assert message is not None and "raised ValueError" in message
