@@ -9,7 +9,7 @@ export METALIB_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit lint strip exercises lock bench clean
+.PHONY: help setup book check-book test test-unit lint strip exercises grade gradescope lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
 
 exercises: $(STAMP)  ## Generate exercises/ from solutions/ (answers replaced by stubs)
 	$(BIN)/python tools/make_exercises.py
+
+grade: $(STAMP)  ## Grade notebooks: make grade SUB=folder-or-notebook OUT=results [TESTS=dir]
+	$(BIN)/python -m metalib.grading $(SUB) --out $(OUT) $(if $(TESTS),--tests $(TESTS))
+
+gradescope: $(STAMP)  ## Build the Gradescope autograder upload: _build/gradescope/autograder.zip
+	$(BIN)/python tools/gradescope/build.py
 
 strip: $(STAMP)  ## Strip outputs and noisy metadata from every notebook (before committing)
 	$(BIN)/python tools/strip_notebooks.py
