@@ -852,3 +852,18 @@ def test_real_solutions_score_full_marks_and_exercises_zero(tmp_path):
         assert result["max_score"] > 0
         expected = result["max_score"] if path.parent.name == "solutions" else 0
         assert result["score"] == expected, (path, json.dumps(result, indent=1))
+
+
+def test_course_files_under_tmp_are_kept_in_the_sandbox(tmp_path):
+    """A clone or a venv under /tmp must stay importable after /tmp is covered: the outermost
+    existing directories under /tmp are kept, each once; others are ignored."""
+    from metalib.grading.lockdown import _under_tmp
+
+    repo = tmp_path / "repo"
+    (repo / ".venv" / "lib").mkdir(parents=True)
+    (repo / "metalib").mkdir()
+    paths = [str(repo / ".venv" / "lib"), str(repo), str(repo / "metalib"), "/usr", "", "/tmp"]
+    if not str(tmp_path.resolve()).startswith("/tmp/"):
+        pytest.skip("pytest's tmp_path is not under /tmp here")
+    assert _under_tmp(paths) == [str(repo.resolve())]
+    assert _under_tmp([str(repo / "missing")]) == []

@@ -146,7 +146,17 @@ def private_view(hide: list[str], tmp_mb: int, owner: int) -> list[str]:
         if os.path.isdir(path) and not any(_within(n, path) for n in needed if n):
             _mount(b"tmpfs", path, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k,mode=0")
             hidden.append(path)
+    # The course's own files may live under /tmp (a clone there, its .venv, the dataset cache):
+    # hold them open, cover /tmp, then bind them back read-only at the same paths, with the
+    # covers above carried along (MS_REC), so imports that happen later still resolve.
+    cache = os.environ.get("METALIB_CACHE", "")
+    keep = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in _under_tmp([*needed, cache])]
     _mount(b"tmpfs", "/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777".encode())
+    for path, fd in keep:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}".encode(), path, None, MS_BIND | MS_REC)
+        _mount(b"none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
     for other in ("/var/tmp", "/dev/shm"):
         if os.path.isdir(other):
             _mount(b"/tmp", other, None, MS_BIND)
@@ -159,6 +169,8 @@ def private_view(hide: list[str], tmp_mb: int, owner: int) -> list[str]:
     os.environ["TMPDIR"] = "/tmp"
     notes = [f"private file system: read-only, /tmp is a private {tmp_mb} MB tmpfs"]
     notes.append("covered: " + (", ".join(hidden) or "nothing"))
+    if keep:
+        notes.append("kept read-only under /tmp: " + ", ".join(p for p, _ in keep))
     if failed:
         notes.append(f"could not make read-only: {', '.join(failed)}")
     return notes
@@ -256,6 +268,19 @@ def reroute_imports(uid: int) -> None:
     cache = os.environ.get("METALIB_CACHE", "")  # rendered datasets, read-only for the notebook
     if cache and os.path.isdir(cache) and not reachable(cache, uid):
         os.environ["METALIB_CACHE"] = f"/proc/self/fd/{os.open(cache, os.O_RDONLY)}"
+
+
+def _under_tmp(paths: list[str]) -> list[str]:
+    """The existing directories among ``paths`` that lie under /tmp, none inside another."""
+    found = sorted(
+        {os.path.realpath(p) for p in paths if p and os.path.isdir(p) and _within(p, "/tmp")},
+        key=len,
+    )
+    kept: list[str] = []
+    for path in found:
+        if path != "/tmp" and not any(_within(path, k) for k in kept):
+            kept.append(path)
+    return kept
 
 
 def _within(path: str, folder: str) -> bool:
