@@ -60,8 +60,9 @@ strip: $(STAMP)  ## Strip outputs and noisy metadata from every notebook (before
 lock: $(STAMP)  ## Re-pin requirements.lock from the current .venv (torch stays at 2.13.0)
 	$(BIN)/python tools/make_lock.py > requirements.lock
 
-bench: $(STAMP)  ## Time each chapter, the cold and cached book builds and the tests (writes benchmarks/results)
+bench: $(STAMP)  ## Time chapters, book builds, tests and the grader (writes benchmarks/results)
 	$(BIN)/python benchmarks/timings.py
+	$(BIN)/python benchmarks/grading.py
 
 clean:  ## Remove the built book and caches (keeps .venv)
 	rm -rf _build .pytest_cache
