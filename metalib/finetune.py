@@ -154,11 +154,11 @@ def finetune(
         _fit_head_on_features(net.head, feats, support_y, probe, config.lr)
         if body_lr == 0:
             return net
-    trainable = [
-        p for i, blk in enumerate(net.body) if i >= config.frozen_blocks for p in blk.parameters()
-    ]
+    trainable = []
     for i, blk in enumerate(net.body):
         blk.requires_grad_(i >= config.frozen_blocks)
+        if i >= config.frozen_blocks:
+            trainable += list(blk.parameters())
     opt = torch.optim.Adam(
         [{"params": net.head.parameters(), "lr": config.lr}, {"params": trainable, "lr": body_lr}]
     )

@@ -35,19 +35,15 @@ def main() -> int:
         )
         return 1
     OUT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            ["npm", "pack", "--silent", *PACKAGES], cwd=tmp, check=True, stdout=subprocess.DEVNULL
-        )
-        for tgz in Path(tmp).glob("*.tgz"):
-            spec = next(
-                s
-                for s in PACKAGES
-                if tgz.name.startswith(s.lstrip("@").replace("/", "-").split("@")[0])
+    for spec, files in PACKAGES.items():
+        with tempfile.TemporaryDirectory() as tmp:  # one package per folder: its only tarball
+            subprocess.run(
+                ["npm", "pack", "--silent", spec], cwd=tmp, check=True, stdout=subprocess.DEVNULL
             )
+            (tgz,) = Path(tmp).glob("*.tgz")
             with tarfile.open(tgz) as tar:
                 for member in tar.getmembers():
-                    for src, dst in PACKAGES[spec].items():
+                    for src, dst in files.items():
                         if not member.isfile() or not member.name.startswith(src):
                             continue
                         rel = dst or member.name[len(src) :]
