@@ -1,0 +1,337 @@
+"""MAML, first-order MAML and Reptile: one functional inner loop, per task or vectorised over tasks.
+
+Model-agnostic meta-learning (Finn, Abbeel and Levine, 2017, "Model-Agnostic Meta-Learning for
+Fast Adaptation of Deep Networks") learns an initialisation θ from which a few gradient steps on a
+task's support set D_i^tr give low loss on its query set D_i^ts:
+
+    min_θ  Σ_i L(θ - α ∇_θ L(θ, D_i^tr), D_i^ts).
+
+Differentiating through the inner step brings in second derivatives (a Hessian-vector product per
+inner step); first-order MAML drops them by treating the inner gradients as constants. Reptile
+(Nichol, Achiam and Schulman, 2018, "On First-Order Meta-Learning Algorithms") does not
+differentiate at all: it runs SGD on each task to weights W_i and moves θ towards them,
+θ ← θ + β (1/n) Σ_i (W_i - θ).
+
+Everything here is a pure function of a parameter dict (:func:`metalib.nets.forward_with`, i.e.
+``torch.func.functional_call``) and the inner gradients come from ``torch.func.grad``. Whether the
+outer graph runs through them (second order) is the only difference between the two MAMLs, and
+the same :func:`query_outputs` runs one task at a time or under ``torch.func.vmap`` over the task
+axis of an :class:`~metalib.tasks.Episode`.
+
+BatchNorm: the backbones normalise every batch with its own statistics
+(:class:`~metalib.nets.BatchStatNorm2d`), MAML's convention. Inside the inner loop the support set
+is normalised by the support's statistics, and the query set by the statistics of the whole query
+batch, so predictions are *transductive*: a query's label depends on the other queries it is
+scored with. No running statistics are kept, so nothing learned on one task leaks into the next
+and the inner loop stays a pure function (a running-average buffer updated in place would break
+``vmap`` and the second-order graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import grad, vmap
+
+from metalib.nets import forward_with
+from metalib.tasks import Episode
+from metalib.train import accuracy
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(outputs, targets) -> scalar``, e.g. ``F.cross_entropy`` or ``F.mse_loss``."""
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    """The inner loop of MAML and how the outer loop runs it.
+
+    Attributes:
+        inner_steps: gradient steps on the support set (1 to 10 in the papers).
+        inner_lr: the inner step size α (0.01 for sinusoids, 0.4 for Omniglot in Finn et al.).
+        first_order: drop the second derivatives (first-order MAML).
+        vectorise: run the tasks of an episode under ``torch.func.vmap`` instead of one after
+            another. ``None`` picks the faster path for the device: vectorised on a GPU, a
+            per-task loop on a CPU (``benchmarks/maml_speed.py`` measures both).
+    """
+
+    inner_steps: int = 1
+    inner_lr: float = 0.4
+    first_order: bool = False
+    vectorise: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int):
+            raise ValueError(f"inner_steps must be an int, got {self.inner_steps!r}")
+        if self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be 0 or more, got {self.inner_steps}")
+        if not self.inner_lr > 0:
+            raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
+
+
+def _check_params(params: Params) -> None:
+    if not isinstance(params, dict) or not params:
+        raise ValueError(
+            "params must be a non-empty dict of tensors by parameter name, e.g. "
+            "dict(model.named_parameters())"
+        )
+
+
+def adapt(
+    model: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float,
+    first_order: bool = False,
+) -> Params:
+    """The inner loop: ``steps`` gradient steps of size ``lr`` on one task's support set.
+
+    θ_0 = params, θ_{k+1} = θ_k - lr ∇ L(θ_k; x, y). The gradients are computed with
+    ``torch.func.grad``, so they stay differentiable for an outer ``backward`` (second order);
+    with ``first_order`` they are detached, and the outer gradient flows only through the
+    identity path θ_k -> θ_{k+1}.
+
+    Args:
+        model: the network; never modified.
+        params: the starting weights θ by name (any subset of the model's parameters; the
+            rest stay the model's own and are not adapted).
+        x: support inputs of one task, ``(n, ...)`` as ``model`` expects them.
+        y: support targets, ``(n,)`` labels or ``(n, d)`` regression targets.
+        loss_fn: ``loss_fn(model_outputs, y) -> scalar``.
+        steps: number of inner steps (0 returns ``params`` unchanged).
+        lr: inner step size α.
+        first_order: detach the inner gradients.
+
+    Returns:
+        The adapted weights θ_steps, a new dict with the same names.
+    """
+    _check_params(params)
+
+    def support_loss(p: Params) -> torch.Tensor:
+        return loss_fn(forward_with(model, p, x), y)
+
+    fast = params
+    for _ in range(steps):
+        grads = grad(support_loss)(fast)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        fast = {k: w - lr * grads[k] for k, w in fast.items()}
+    return fast
+
+
+def query_outputs(
+    model: nn.Module,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+) -> torch.Tensor:
+    """Adapt to one task's support set, then run the adapted network on its queries.
+
+    Shapes are of one task (no task axis): support ``(n_s, ...)``, queries ``(n_q, ...)``.
+    Returns the model's outputs on the queries, ``(n_q, ...)`` (logits or predictions).
+    """
+    fast = adapt(
+        model, params, support_x, support_y, loss_fn, config.inner_steps, config.inner_lr,
+        config.first_order,
+    )
+    return forward_with(model, fast, query_x)
+
+
+def _vectorise(config: MAMLConfig, episode: Episode) -> bool:
+    if config.vectorise is not None:
+        return config.vectorise
+    return episode.support_x.device.type == "cuda"
+
+
+def episode_outputs(
+    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+) -> torch.Tensor:
+    """Query outputs of every task of ``episode``, each adapted on its own support set.
+
+    Runs :func:`query_outputs` per task, or once under ``torch.func.vmap`` over the task axis
+    (``config.vectorise``); both give the same values and gradients.
+
+    Returns:
+        ``(T, n_q, ...)``, e.g. logits ``(T, N*Q, N)``.
+    """
+    _check_params(params)
+
+    def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+        return query_outputs(model, params, sx, sy, qx, loss_fn, config)
+
+    e = episode
+    if _vectorise(config, e):
+        return vmap(one)(e.support_x, e.support_y, e.query_x)
+    return torch.stack([one(e.support_x[t], e.support_y[t], e.query_x[t]) for t in range(len(e))])
+
+
+def task_losses(
+    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+) -> torch.Tensor:
+    """The query loss after adaptation, one per task: ``(T,)``; their mean is MAML's objective."""
+    outputs = episode_outputs(model, params, episode, loss_fn, config)
+    if _vectorise(config, episode):
+        return vmap(loss_fn)(outputs, episode.query_y)
+    return torch.stack([loss_fn(o, y) for o, y in zip(outputs, episode.query_y, strict=True)])
+
+
+def meta_gradient(
+    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+) -> tuple[Params, torch.Tensor]:
+    """The gradient of the mean adapted query loss with respect to the initial weights.
+
+    On the per-task path each task's graph is built, differentiated and freed before the next
+    (memory of one task at a time); the vectorised path differentiates all tasks at once.
+
+    Args:
+        params: the initial weights θ; they must require gradients.
+
+    Returns:
+        ``(grads, losses)``: ∇_θ (1/T) Σ_i L_i by name, and the per-task query losses ``(T,)``
+        (detached).
+    """
+    _check_params(params)
+    missing = [k for k, v in params.items() if not v.requires_grad]
+    if missing:
+        raise ValueError(
+            f"params {missing[:3]} do not require gradients; pass "
+            "{k: v.detach().requires_grad_() ...} or the model's own parameters"
+        )
+    names, leaves = list(params), list(params.values())
+    if _vectorise(config, episode):
+        losses = task_losses(model, params, episode, loss_fn, config)
+        grads = torch.autograd.grad(losses.mean(), leaves, allow_unused=True)
+        return _named(names, leaves, grads), losses.detach()
+    total = [torch.zeros_like(v) for v in leaves]
+    losses = []
+    for t in range(len(episode)):
+        loss = task_losses(model, params, episode.task(t), loss_fn, config)[0]
+        grads = torch.autograd.grad(loss / len(episode), leaves, allow_unused=True)
+        total = [a if g is None else a + g for a, g in zip(total, grads, strict=True)]
+        losses.append(loss.detach())
+    return dict(zip(names, total, strict=True)), torch.stack(losses)
+
+
+def _named(names: list[str], leaves: list[torch.Tensor], grads) -> Params:
+    return {
+        k: torch.zeros_like(v) if g is None else g
+        for k, v, g in zip(names, leaves, grads, strict=True)
+    }
+
+
+def meta_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    episode: Episode,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+) -> dict[str, float]:
+    """One MAML meta-update of ``model``'s parameters with ``optimizer`` (e.g. Adam).
+
+    Returns:
+        ``{"loss": mean query loss after adaptation}`` (before the update).
+    """
+    params = dict(model.named_parameters())
+    grads, losses = meta_gradient(model, params, episode, loss_fn, config)
+    optimizer.zero_grad(set_to_none=True)
+    for k, p in params.items():
+        p.grad = grads[k]
+    optimizer.step()
+    return {"loss": losses.mean().item()}
+
+
+def reptile_update(params: Params, adapted: Params, outer_lr: float) -> Params:
+    """Reptile's batched update: θ + β (1/n) Σ_i (W_i - θ).
+
+    Args:
+        params: θ by name, each ``(...)``.
+        adapted: each task's weights after its inner loop, stacked: ``(n, ...)`` per name.
+        outer_lr: β, the step towards the tasks' weights (1 moves θ onto their mean).
+
+    Returns:
+        The new θ, a new dict (detached).
+    """
+    if set(params) != set(adapted):
+        raise ValueError(
+            f"adapted weights {sorted(adapted)[:3]} do not match params {sorted(params)[:3]}"
+        )
+    out = {}
+    for k, theta in params.items():
+        w = adapted[k]
+        if w.shape[1:] != theta.shape:
+            raise ValueError(
+                f"adapted[{k!r}] has shape {tuple(w.shape)}; expected (n_tasks, "
+                f"{', '.join(map(str, theta.shape))})"
+            )
+        out[k] = (theta + outer_lr * (w - theta).mean(dim=0)).detach()
+    return out
+
+
+def reptile_step(
+    model: nn.Module,
+    episode: Episode,
+    loss_fn: LossFn,
+    inner_steps: int,
+    inner_lr: float,
+    outer_lr: float,
+) -> dict[str, float]:
+    """One Reptile meta-update of ``model``'s parameters, in place.
+
+    Each task runs ``inner_steps`` of SGD (no graph) on all its data — support and query
+    together, as Reptile needs no train/test split inside a task — to weights W_i, vectorised
+    over the tasks; then θ ← θ + β (1/n) Σ_i (W_i - θ) (:func:`reptile_update`).
+
+    Returns:
+        ``{"loss": mean loss of the tasks' data at θ, before the update}``.
+    """
+    if inner_steps < 1:
+        raise ValueError(f"Reptile needs at least one inner step, got {inner_steps}")
+    e = episode
+    x = torch.cat([e.support_x, e.query_x], dim=1)
+    y = torch.cat([e.support_y, e.query_y], dim=1)
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+
+    def one(xi: torch.Tensor, yi: torch.Tensor) -> Params:
+        return adapt(model, theta, xi, yi, loss_fn, inner_steps, inner_lr, first_order=True)
+
+    with torch.no_grad():
+        before = torch.stack(
+            [loss_fn(forward_with(model, theta, xi), yi) for xi, yi in zip(x, y, strict=True)]
+        )
+    adapted = vmap(one)(x, y)
+    new = reptile_update(theta, adapted, outer_lr)
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(new[k])
+    return {"loss": before.mean().item()}
+
+
+def accuracy_fn(
+    model: nn.Module, config: MAMLConfig, loss_fn: LossFn = F.cross_entropy
+) -> Callable[[Episode], torch.Tensor]:
+    """A function ``episode -> (T,) query accuracies`` after adaptation, for ``train.evaluate``.
+
+    It adapts ``model``'s current weights (first order: evaluation needs no outer graph) on
+    each task's support set and scores the query set; the episode is moved to the model's
+    device.
+    """
+    device = next(model.parameters()).device
+    eval_config = MAMLConfig(config.inner_steps, config.inner_lr, True, config.vectorise)
+
+    def fn(episode: Episode) -> torch.Tensor:
+        episode = episode.to(device)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        logits = episode_outputs(model, params, episode, loss_fn, eval_config)
+        return accuracy(logits.detach(), episode.query_y)
+
+    return fn

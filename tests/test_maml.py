@@ -1,0 +1,216 @@
+"""MAML, first-order MAML and Reptile (metalib.maml) against hand-derived gradients, finite
+differences, Hessian-vector products, the per-task loop and Reptile's formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import grad, jvp
+
+from metalib import maml
+from metalib.maml import MAMLConfig
+from metalib.nets import MLP, Conv4, forward_with
+from metalib.tasks import Episode
+
+
+def linear_model(w: float, b: float) -> MLP:
+    net = MLP(in_features=1, out_features=1, hidden=()).double()
+    with torch.no_grad():
+        net.head.weight.fill_(w)
+        net.head.bias.fill_(b)
+    return net
+
+
+def one_point_episode() -> Episode:
+    t = lambda v: torch.tensor([[[v]]], dtype=torch.float64)  # noqa: E731  (T=1, n=1, 1)
+    return Episode(t(2.0), t(1.0), t(-1.0), t(0.5))
+
+
+@pytest.mark.parametrize(
+    ("first_order", "expected_w", "expected_b"),
+    [
+        # derived by hand in the docstring of test_hand_derived_meta_gradients
+        (False, 1.488, -2.976),
+        (True, 2.48, -2.48),
+    ],
+)
+def test_hand_derived_meta_gradients(first_order, expected_w, expected_b):
+    """y = w x + b, w = 0.5, b = -0.2, alpha = 0.1, support (2, 1), query (-1, 0.5), MSE.
+
+    r_s = w*2 + b - 1 = -0.2; w' = w - 2*alpha*r_s*2 = 0.58, b' = b - 2*alpha*r_s = -0.16;
+    r_q = -w' + b' - 0.5 = -1.24; dL/dw' = 2 r_q (-1) = 2.48, dL/db' = 2 r_q = -2.48.
+    First order: (2.48, -2.48). Second order multiplies by the Jacobian of (w', b'):
+    [[1 - 2 alpha 2^2, -2 alpha 2], [-2 alpha 2, 1 - 2 alpha]] = [[0.2, -0.4], [-0.4, 0.8]]
+    -> dL/dw = 2.48*0.2 + (-2.48)(-0.4) = 1.488, dL/db = 2.48*(-0.4) + (-2.48)(0.8) = -2.976.
+    """
+    net = linear_model(0.5, -0.2)
+    params = dict(net.named_parameters())
+    for vectorise in (False, True):
+        config = MAMLConfig(1, 0.1, first_order=first_order, vectorise=vectorise)
+        grads, losses = maml.meta_gradient(net, params, one_point_episode(), F.mse_loss, config)
+        assert losses.item() == pytest.approx(1.24**2, abs=1e-12)
+        assert grads["head.weight"].item() == pytest.approx(expected_w, abs=1e-12)
+        assert grads["head.bias"].item() == pytest.approx(expected_b, abs=1e-12)
+
+
+def test_adapt_takes_plain_gradient_steps():
+    net = linear_model(0.5, -0.2)
+    x = torch.tensor([[2.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0]], dtype=torch.float64)
+    fast = maml.adapt(net, dict(net.named_parameters()), x, y, F.mse_loss, steps=1, lr=0.1)
+    assert fast["head.weight"].item() == pytest.approx(0.58, abs=1e-12)
+    assert fast["head.bias"].item() == pytest.approx(-0.16, abs=1e-12)
+    two = maml.adapt(net, dict(net.named_parameters()), x, y, F.mse_loss, steps=2, lr=0.1)
+    # second step from (0.58, -0.16): r = 1.16 - 0.16 - 1 = 0 -> no change
+    assert two["head.weight"].item() == pytest.approx(0.58, abs=1e-12)
+    same = maml.adapt(net, dict(net.named_parameters()), x, y, F.mse_loss, steps=0, lr=0.1)
+    assert same["head.weight"] is net.head.weight
+
+
+def tiny_conv4() -> Conv4:
+    return Conv4(n_classes=3, hidden=4, image_size=16).double()
+
+
+def random_episode(n_tasks: int, dtype=torch.float64, seed: int = 1, n_s: int = 3, n_q: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.rand(n_tasks, n_s, 1, 16, 16, generator=g, dtype=dtype)
+    qx = torch.rand(n_tasks, n_q, 1, 16, 16, generator=g, dtype=dtype)
+    sy = torch.randint(0, 3, (n_tasks, n_s), generator=g)
+    qy = torch.randint(0, 3, (n_tasks, n_q), generator=g)
+    return Episode(sx, sy, qx, qy)
+
+
+def test_second_order_meta_gradient_matches_finite_differences():
+    """gradcheck of the adapted query loss (2 tasks, 2 inner steps) on Conv4 in float64."""
+    net = tiny_conv4()
+    names = [k for k, _ in net.named_parameters()]
+    episode = random_episode(2)
+    config = MAMLConfig(inner_steps=2, inner_lr=0.3, vectorise=False)
+
+    def meta_loss(*leaves):
+        params = dict(zip(names, leaves, strict=True))
+        return maml.task_losses(net, params, episode, F.cross_entropy, config).mean()
+
+    leaves = tuple(v.detach().clone().requires_grad_() for v in net.parameters())
+    assert torch.autograd.gradcheck(meta_loss, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+    # and meta_gradient returns that same gradient
+    grads, _ = maml.meta_gradient(net, dict(zip(names, leaves, strict=True)), episode,
+                                  F.cross_entropy, config)
+    reference = torch.autograd.grad(meta_loss(*leaves), leaves)
+    for k, r in zip(names, reference, strict=True):
+        torch.testing.assert_close(grads[k], r, rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_differs_from_second_order_by_the_hessian_term():
+    """One step: grad_SO = (I - alpha H_s(theta)) g_q(theta'), grad_FO = g_q(theta')."""
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    episode = random_episode(1)
+    alpha = 0.3
+    so, _ = maml.meta_gradient(net, params, episode, F.cross_entropy,
+                               MAMLConfig(1, alpha, first_order=False, vectorise=False))
+    fo, _ = maml.meta_gradient(net, params, episode, F.cross_entropy,
+                               MAMLConfig(1, alpha, first_order=True, vectorise=False))
+    e = episode.task(0)
+    sx, sy = e.support_x[0], e.support_y[0]
+
+    def support_loss(p):
+        return F.cross_entropy(forward_with(net, p, sx), sy)
+
+    theta = {k: v.detach() for k, v in params.items()}
+    _, hvp = jvp(grad(support_loss), (theta,), (fo,))  # H_s(theta) @ g_q(theta')
+    for k in theta:
+        torch.testing.assert_close(so[k], fo[k] - alpha * hvp[k], rtol=1e-9, atol=1e-12)
+    difference = sum((so[k] - fo[k]).norm() ** 2 for k in theta) ** 0.5
+    assert difference > 1e-3  # the Hessian term is not negligible here
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vectorised_and_per_task_paths_agree_in_float32(first_order):
+    torch.manual_seed(0)
+    net = Conv4(n_classes=3, hidden=8, image_size=16)
+    params = dict(net.named_parameters())
+    episode = random_episode(4, dtype=torch.float32, seed=3, n_s=6, n_q=9)
+    results = {}
+    for vectorise in (False, True):
+        config = MAMLConfig(2, 0.4, first_order=first_order, vectorise=vectorise)
+        results[vectorise] = maml.meta_gradient(net, params, episode, F.cross_entropy, config)
+    (g_loop, l_loop), (g_vec, l_vec) = results[False], results[True]
+    torch.testing.assert_close(l_vec, l_loop, rtol=1e-5, atol=0)
+    # over the whole gradient: a conv bias followed by batch norm has an exactly zero gradient,
+    # so its own relative error is rounding noise over rounding noise
+    flat = lambda g: torch.cat([g[k].flatten() for k in params])  # noqa: E731
+    relative = (flat(g_vec) - flat(g_loop)).norm() / flat(g_loop).norm()
+    assert relative < 1e-5, relative.item()
+    for k in params:  # and per tensor, wherever the gradient is not zero by construction
+        if g_loop[k].norm() > 1e-4 * flat(g_loop).norm():
+            assert (g_vec[k] - g_loop[k]).norm() / g_loop[k].norm() < 1e-5, k
+
+
+def test_meta_step_applies_the_meta_gradient_with_the_optimizer():
+    net = linear_model(0.5, -0.2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    metrics = maml.meta_step(net, optimizer, one_point_episode(), F.mse_loss,
+                             MAMLConfig(1, 0.1, vectorise=False))
+    assert metrics["loss"] == pytest.approx(1.24**2, abs=1e-12)
+    assert net.head.weight.item() == pytest.approx(0.5 - 0.5 * 1.488, abs=1e-12)
+    assert net.head.bias.item() == pytest.approx(-0.2 + 0.5 * 2.976, abs=1e-12)
+
+
+def test_reptile_step_equals_the_batched_formula():
+    """theta <- theta + beta (1/n) sum_i (W_i - theta), W_i from plain SGD on task i's data."""
+    torch.manual_seed(0)
+    net = MLP(hidden=(8,)).double()
+    theta = {k: v.detach().clone() for k, v in net.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 1, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 7, 1, generator=g, dtype=torch.float64)
+    episode = Episode(x[:, :3], y[:, :3], x[:, 3:], y[:, 3:])
+    steps, alpha, beta = 3, 0.05, 0.7
+    reference = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for i in range(3):  # every task by hand, with torch.optim.SGD on a copy of the network
+        copy = MLP(hidden=(8,)).double()
+        copy.load_state_dict(net.state_dict())
+        opt = torch.optim.SGD(copy.parameters(), lr=alpha)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.mse_loss(copy(x[i]), y[i]).backward()
+            opt.step()
+        for k, w in copy.named_parameters():
+            reference[k] += (w.detach() - theta[k]) / 3
+    maml.reptile_step(net, episode, F.mse_loss, steps, alpha, beta)
+    for k, w in net.named_parameters():
+        torch.testing.assert_close(w.detach(), theta[k] + beta * reference[k], rtol=0, atol=1e-12)
+
+
+def test_reptile_update_formula_and_errors():
+    params = {"w": torch.tensor([1.0, 2.0])}
+    adapted = {"w": torch.tensor([[3.0, 2.0], [1.0, 6.0]])}
+    out = maml.reptile_update(params, adapted, 0.5)
+    torch.testing.assert_close(out["w"], torch.tensor([1.5, 3.0]))
+    with pytest.raises(ValueError, match="n_tasks"):
+        maml.reptile_update(params, {"w": torch.zeros(2, 3)}, 0.5)
+    with pytest.raises(ValueError, match="do not match"):
+        maml.reptile_update(params, {"v": torch.zeros(2, 2)}, 0.5)
+
+
+def test_accuracy_fn_scores_each_task():
+    torch.manual_seed(0)
+    net = Conv4(n_classes=3, hidden=4, image_size=16)
+    episode = random_episode(3, dtype=torch.float32)
+    acc = maml.accuracy_fn(net, MAMLConfig(1, 0.4))(episode)
+    assert acc.shape == (3,) and ((acc >= 0) & (acc <= 1)).all()
+
+
+def test_bad_configs_and_params_say_what_to_change():
+    with pytest.raises(ValueError, match="inner_steps"):
+        MAMLConfig(inner_steps=-1)
+    with pytest.raises(ValueError, match="inner_lr"):
+        MAMLConfig(inner_lr=0)
+    net = linear_model(0.5, -0.2)
+    frozen = {k: v.detach() for k, v in net.named_parameters()}
+    with pytest.raises(ValueError, match="require gradients"):
+        maml.meta_gradient(net, frozen, one_point_episode(), F.mse_loss, MAMLConfig())
+    with pytest.raises(ValueError, match="non-empty dict"):
+        maml.adapt(net, {}, torch.zeros(1, 1), torch.zeros(1, 1), F.mse_loss, 1, 0.1)
