@@ -149,3 +149,48 @@ def scores_vs(
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def regression_fits(
+    grid: torch.Tensor,
+    truth: torch.Tensor,
+    support: tuple[torch.Tensor, torch.Tensor],
+    predictions: Mapping[str, torch.Tensor],
+    ax=None,
+    title: str | None = None,
+):
+    """One regression task: the true function, its support points, and models' predictions.
+
+    Args:
+        grid: ``(P, 1)`` inputs, sorted.
+        truth: ``(P, 1)`` the task's true outputs on ``grid``.
+        support: ``(x (K, 1), y (K, 1))``, the points the models adapted on.
+        predictions: label -> ``(P, 1)`` a model's outputs on ``grid``.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = grid.detach().cpu().squeeze(-1).numpy()
+    ax.plot(
+        x,
+        truth.detach().cpu().squeeze(-1).numpy(),
+        color="black",
+        linewidth=2,
+        label="true function",
+    )
+    for label, y in predictions.items():
+        if y.shape != grid.shape:
+            raise ValueError(
+                f"prediction {label!r} has shape {tuple(y.shape)}, grid "
+                f"{tuple(grid.shape)}; predict on the grid"
+            )
+        ax.plot(x, y.detach().cpu().squeeze(-1).numpy(), linestyle="--", label=label)
+    sx, sy = (t.detach().cpu().squeeze(-1).numpy() for t in support)
+    ax.scatter(sx, sy, color="black", marker="^", s=60, zorder=5, label=f"{len(sx)} support points")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -6,7 +6,8 @@
 * :func:`evaluate` scores a learner on :class:`~metalib.tasks.FixedEpisodes` and reports the
   mean accuracy with a 95% confidence interval (:func:`mean_ci95`), as the few-shot literature
   does over 600 episodes (Finn et al., 2017; Snell et al., 2017).
-* :func:`accuracy` and :class:`Timer` are the small measuring tools the chapters use.
+* :func:`accuracy`, :class:`Timer` and :func:`graph_bytes` are the small measuring tools the
+  chapters use (how good, how long, how much memory a backward pass holds).
 """
 
 from __future__ import annotations
@@ -264,3 +265,44 @@ class Timer:
         if self._start is not None:
             return time.perf_counter() - self._start
         return self._seconds
+
+
+def graph_bytes(output: torch.Tensor) -> int:
+    """Bytes of the tensors an autograd graph keeps alive for its backward pass.
+
+    Walks the graph from ``output.grad_fn`` and adds up, once per storage, every tensor a node
+    saved for backward (its ``_saved_*`` attributes). This is the memory that backpropagating
+    through ``output`` needs beyond the inputs, and on a CPU (no allocator statistics) a
+    deterministic stand-in for the peak memory of a training step: second-order MAML's grows
+    with every inner step, first-order MAML's does not. Parameters and inputs are counted when
+    the graph saved them.
+
+    Args:
+        output: a tensor with a ``grad_fn`` (e.g. a meta-loss before ``backward()``).
+
+    Returns:
+        The total size in bytes (0 for a tensor without a graph).
+    """
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f"graph_bytes needs a tensor, got {type(output).__name__}")
+    storages: dict[int, int] = {}
+    seen: set[object] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if not name.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, name)
+            except RuntimeError:  # saved tensors already freed by an earlier backward
+                continue
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+        stack.extend(fn for fn, _ in node.next_functions)
+    return sum(storages.values())

@@ -10,10 +10,14 @@ from collections.abc import Callable, Mapping
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from IPython.display import display
 
 from metalib.data.base import ImageClasses
-from metalib.plots import episode_grid
+from metalib.data.sinusoid import SinusoidFamily
+from metalib.maml import adapt
+from metalib.nets import forward_with
+from metalib.plots import episode_grid, regression_fits
 from metalib.tasks import sample_episodes
 
 
@@ -68,3 +72,57 @@ def episode_explorer(
         control.observe(draw, names="value")
     draw()
     return w.VBox([w.HBox([dataset, seed]), w.HBox([ways, shots]), out])
+
+
+def adaptation_explorer(
+    models: Mapping[str, torch.nn.Module],
+    family: SinusoidFamily,
+    k_shot: int = 5,
+    max_steps: int = 10,
+    lr: float = 0.01,
+):
+    """Adapt regression models to one sinusoid task, with sliders for the inner loop.
+
+    Every model takes ``steps`` plain gradient steps of size ``lr`` (MSE) on the same K support
+    points (:func:`metalib.maml.adapt`); the figure shows the task, the points and each adapted
+    model's prediction with its MSE on the whole curve.
+
+    Args:
+        models: label -> a regression network ``(n, 1) -> (n, 1)`` (e.g. MAML's and a
+            pre-trained baseline); never modified.
+        family: where the tasks come from.
+        k_shot, max_steps, lr: the sliders' initial values (steps up to ``max_steps``).
+    """
+    import ipywidgets as w
+
+    if not models:
+        raise ValueError("adaptation_explorer needs at least one model")
+    steps = w.IntSlider(1, min=0, max=max_steps, description="inner steps")
+    rate = w.FloatLogSlider(lr, base=10, min=-3, max=-0.5, description="inner lr α")
+    shots = w.IntSlider(k_shot, min=1, max=20, description="shots (K)")
+    seed = w.IntSlider(0, min=0, max=99, description="task seed")
+    out = w.Output()
+    grid = family.grid(200)
+
+    def draw(*_):
+        task = family.sample(1, shots.value, 1, generator=seed.value)
+        sx, sy = task["support_x"][0], task["support_y"][0]
+        truth = family.f(grid[None], task["amplitude"], task["phase"])[0]
+        predictions = {}
+        for label, model in models.items():
+            p = {k: v.detach() for k, v in model.named_parameters()}
+            fast = adapt(model, p, sx, sy, F.mse_loss, steps.value, rate.value, first_order=True)
+            y = forward_with(model, fast, grid).detach()
+            predictions[f"{label} (MSE {F.mse_loss(y, truth).item():.2f})"] = y
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(7, 4))
+            title = f"{steps.value} step(s) of size {rate.value:.3g} on {shots.value} points"
+            regression_fits(grid, truth, (sx, sy), predictions, ax=ax, title=title)
+            display(fig)
+            plt.close(fig)
+
+    for control in (steps, rate, shots, seed):
+        control.observe(draw, names="value")
+    draw()
+    return w.VBox([w.HBox([steps, rate]), w.HBox([shots, seed]), out])

@@ -207,3 +207,17 @@ def test_timer_measures_wall_time():
     frozen = t.seconds
     time.sleep(0.005)
     assert t.seconds == frozen
+
+
+def test_graph_bytes_counts_saved_tensors_once():
+    from metalib.train import graph_bytes
+
+    x = torch.randn(1000, requires_grad=True)
+    assert graph_bytes((x * x).sum()) == 4000  # mul saves x twice: one storage
+    y = (x * x).exp().sum()  # + exp saves its 1000-float result
+    assert graph_bytes(y) == 8000
+    y.backward()
+    assert graph_bytes(y) == 0  # freed by the backward pass
+    assert graph_bytes(torch.ones(3)) == 0
+    with pytest.raises(ValueError, match="tensor"):
+        graph_bytes([1.0])

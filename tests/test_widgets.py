@@ -132,3 +132,47 @@ def test_works_on_a_non_interactive_backend():
     box = episode_explorer({"shades": shade_classes()})
     _controls(box)["ways (N)"].value = 3
     assert plt.get_fignums() == []  # every redraw closes its figure
+
+
+class _Shift(torch.nn.Module):
+    """y = x * 0 + b: one parameter, so one gradient step on MSE has a closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0 + self.b
+
+
+def test_adaptation_explorer_adapts_each_model_on_the_same_points(monkeypatch):
+    from metalib.data.sinusoid import SinusoidFamily
+    from metalib.widgets import adaptation_explorer
+
+    fits = []
+    real = metalib.widgets.regression_fits
+    monkeypatch.setattr(
+        metalib.widgets,
+        "regression_fits",
+        lambda grid, truth, support, predictions, **kw: fits.append((support, predictions))
+        or real(grid, truth, support, predictions, **kw),
+    )
+    shift = _Shift()
+    box = adaptation_explorer({"shift": shift}, SinusoidFamily(), k_shot=3, lr=0.25)
+    steps, rate = box.children[0].children
+    shots, seed = box.children[1].children
+    assert (steps.value, shots.value) == (1, 3) and rate.value == pytest.approx(0.25)
+    (sx, sy), predictions = fits[-1]
+    (label, y), = predictions.items()
+    # one step on MSE from b = 0: b' = 0 - lr * 2 * (0 - mean(y)) = 2 * lr * mean(y)
+    assert sx.shape == (3, 1)
+    torch.testing.assert_close(y, torch.full_like(y, 0.5 * sy.mean().item()), rtol=1e-5, atol=1e-6)
+    assert label.startswith("shift (MSE ")
+    steps.value = 0
+    (_, _), predictions = fits[-1]
+    assert torch.all(next(iter(predictions.values())) == 0)
+    seed.value = 5
+    assert not torch.equal(fits[-1][0][1], sy)  # another task
+    assert shift.b.item() == 0.0  # the model itself is never modified
+    with pytest.raises(ValueError, match="at least one model"):
+        adaptation_explorer({}, SinusoidFamily())

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metalib.data.base import ImageClasses
-from metalib.nets import Conv4
+from metalib.data.sinusoid import SinusoidFamily
+from metalib.nets import MLP, Conv4
 
 
 def plain(value: Any) -> Any:
@@ -305,3 +307,187 @@ def query_accuracy(
     y[right] = predicted[right]
     with torch.random.fork_rng(devices=[]):
         return plain(fn(net, x, y))
+
+
+# ---------------------------------------------------------------------------------------------
+# 02_maml: the inner loop, second- and first-order meta-gradients, Reptile's update.
+#
+# A case names a network and a task as plain specs: ``{"kind": "conv4", ...}`` (5-way images,
+# cross-entropy), ``{"kind": "mlp", ...}`` (sinusoid regression, mean squared error) or
+# ``{"kind": "linear", "w": .., "b": ..}`` (y = w x + b in float64, for hand-derived values).
+
+
+def tiny_mlp(seed: int = 0, hidden: tuple[int, ...] = (8, 8), dtype: str = "float32") -> MLP:
+    """A small regression :class:`~metalib.nets.MLP` (1 input, 1 output) fixed by ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MLP(in_features=1, out_features=1, hidden=tuple(hidden))
+    return net.to(getattr(torch, dtype))
+
+
+def maml_model(kind: str, **spec: Any) -> nn.Module:
+    """The network of a 02_maml case: ``conv4`` (:func:`tiny_conv4`), ``mlp`` (:func:`tiny_mlp`)
+    or ``linear`` (y = w x + b, float64)."""
+    if kind == "conv4":
+        return tiny_conv4(**spec)
+    if kind == "mlp":
+        return tiny_mlp(**spec)
+    if kind == "linear":
+        net = MLP(in_features=1, out_features=1, hidden=()).double()
+        with torch.no_grad():
+            net.head.weight.fill_(spec["w"])
+            net.head.bias.fill_(spec["b"])
+        return net
+    raise ValueError(f"unknown model kind {kind!r}; use conv4, mlp or linear")
+
+
+def maml_loss(model: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy for the image classifier, mean squared error for the regressors."""
+    return F.cross_entropy if model["kind"] == "conv4" else F.mse_loss
+
+
+def maml_task(model: dict[str, Any], data: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    """One task's ``(support_x, support_y, query_x, query_y)`` for a case's network.
+
+    ``data`` holds the four tensors themselves, or ``{"k_shot", "q_queries", "seed"}`` (plus
+    ``"n_way"`` for Conv4): images and shuffled labels from :func:`tiny_support`, or one
+    sinusoid task of :class:`~metalib.data.sinusoid.SinusoidFamily`, in the network's dtype.
+    """
+    if "support_x" in data:
+        return data["support_x"], data["support_y"], data["query_x"], data["query_y"]
+    dtype = model.get("dtype", "float32")
+    if model["kind"] == "conv4":
+        n_way, size = data["n_way"], model.get("image_size", 16)
+        sx, sy = tiny_support(n_way, data["k_shot"], data["seed"], size, dtype)
+        qx, qy = tiny_support(n_way, data["q_queries"], data["seed"] + 1, size, dtype)
+        return sx, sy, qx, qy
+    task = SinusoidFamily().sample(
+        1, data["k_shot"], data["q_queries"], data["seed"], getattr(torch, dtype)
+    )
+    return tuple(task[k][0] for k in ("support_x", "support_y", "query_x", "query_y"))
+
+
+def maml_params(net: nn.Module, subset: str = "all") -> dict[str, torch.Tensor]:
+    """Fresh leaf copies of the network's weights that require gradients: all of them, or only
+    the head's (``subset="head"``)."""
+    return {
+        name: p.detach().clone().requires_grad_()
+        for name, p in net.named_parameters()
+        if subset == "all" or name.startswith(f"{subset}.")
+    }
+
+
+def maml_directions(params: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A seeded random tensor per parameter: the vector of a vector-Jacobian product."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in params.items()}
+
+
+def _tensor_dict(out: Any, what: str) -> str | None:
+    """A message when ``out`` is not a dict of tensors (what the 02_maml questions return)."""
+    if not isinstance(out, dict):
+        return f"{what} should be a dict of tensors by parameter name, got a {type(out).__name__}"
+    for name, value in out.items():
+        if not isinstance(value, torch.Tensor):
+            return (
+                f"{what} should be a dict of tensors by parameter name, but its {name!r} is a "
+                f"{type(value).__name__}"
+            )
+    return None
+
+
+def inner_loop(
+    fn: Callable[..., Any],
+    model: dict[str, Any],
+    data: dict[str, Any],
+    lr: float,
+    steps: int,
+    subset: str = "all",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``fn(net, params, support_x, support_y, loss_fn, lr, steps)``: the adapted weights, and
+    the gradient of ``sum_k <adapted[k], v[k]>`` with respect to ``params`` (random ``v``), which
+    tells whether the adapted weights carry the graph of the inner loop back to ``params``."""
+    net = maml_model(**model)
+    before = _state(net)
+    sx, sy, _, _ = maml_task(model, data)
+    params = maml_params(net, subset)
+    with torch.random.fork_rng(devices=[]):
+        out = fn(net, params, sx, sy, maml_loss(model), lr, steps)
+    result: dict[str, Any] = {
+        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items())
+    }
+    problem = _tensor_dict(out, "the adapted weights")
+    if problem:
+        return {**result, "problem": problem}
+    result["adapted"] = plain(out)
+    v = maml_directions(params, seed)
+    terms = [
+        (out[k] * v[k]).sum()
+        for k in params
+        if k in out and out[k].shape == v[k].shape and out[k].requires_grad
+    ]
+    if not terms:
+        return {**result, "vjp": None}
+    grads = torch.autograd.grad(sum(terms), list(params.values()), allow_unused=True)
+    result["vjp"] = {
+        k: torch.zeros_like(p) if g is None else g.detach()
+        for (k, p), g in zip(params.items(), grads, strict=True)
+    }
+    return result
+
+
+def meta_gradient(
+    fn: Callable[..., Any],
+    model: dict[str, Any],
+    data: dict[str, Any],
+    lr: float,
+    steps: int,
+    subset: str = "all",
+) -> dict[str, Any]:
+    """``fn(net, params, support_x, support_y, query_x, query_y, loss_fn, lr, steps)``: the
+    gradients it returns, and whether the network's own weights changed."""
+    net = maml_model(**model)
+    before = _state(net)
+    sx, sy, qx, qy = maml_task(model, data)
+    params = maml_params(net, subset)
+    with torch.random.fork_rng(devices=[]):
+        out = fn(net, params, sx, sy, qx, qy, maml_loss(model), lr, steps)
+    result: dict[str, Any] = {
+        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items())
+    }
+    problem = _tensor_dict(out, "the meta-gradient")
+    return {**result, "problem": problem} if problem else {**result, "grads": plain(out)}
+
+
+def reptile_inputs(
+    model: dict[str, Any], n_tasks: int, seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """θ (a network's weights) and ``n_tasks`` adapted copies, stacked ``(n_tasks, ...)`` per
+    name, each θ plus seeded noise of scale 0.1."""
+    theta = {k: p.detach().clone() for k, p in maml_model(**model).named_parameters()}
+    g = torch.Generator().manual_seed(seed)
+    adapted = {
+        k: t + 0.1 * torch.randn((n_tasks, *t.shape), generator=g, dtype=t.dtype)
+        for k, t in theta.items()
+    }
+    return theta, adapted
+
+
+def reptile_update(
+    fn: Callable[..., Any], model: dict[str, Any], n_tasks: int, beta: float, seed: int
+) -> dict[str, Any]:
+    """``fn(params, adapted, beta)`` on :func:`reptile_inputs`; also reports whether the inputs
+    were changed in place."""
+    theta, adapted = reptile_inputs(model, n_tasks, seed)
+    keep = (plain(theta), plain(adapted))
+    with torch.random.fork_rng(devices=[]):
+        out = fn(theta, adapted, beta)
+    changed = [
+        k
+        for k in theta
+        if not (torch.equal(theta[k], keep[0][k]) and torch.equal(adapted[k], keep[1][k]))
+    ]
+    problem = _tensor_dict(out, "the new θ")
+    result: dict[str, Any] = {"inputs_changed": changed}
+    return {**result, "problem": problem} if problem else {**result, "new": plain(out)}
