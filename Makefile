@@ -63,6 +63,7 @@ lock: $(STAMP)  ## Re-pin requirements.lock from the current .venv (torch stays 
 bench: $(STAMP)  ## Time chapters, book builds, tests and the grader (writes benchmarks/results)
 	$(BIN)/python benchmarks/timings.py
 	$(BIN)/python benchmarks/grading.py
+	$(BIN)/python benchmarks/maml_speed.py
 
 clean:  ## Remove the built book and caches (keeps .venv)
 	rm -rf _build .pytest_cache

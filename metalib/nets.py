@@ -15,9 +15,46 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+_FUSED_BATCH_NORM: ContextVar[bool] = ContextVar("metalib_fused_batch_norm", default=False)
+
+
+@contextmanager
+def fused_batch_norm(enabled: bool = True) -> Iterator[None]:
+    """Let :class:`BatchStatNorm2d` use PyTorch's fused kernel inside this block (never under vmap).
+
+    The fused kernel (``F.batch_norm(training=True)``: one pass for the statistics, one for the
+    output, one fused backward) gives the same values and gradients as the plain operations, up
+    to rounding (in float32 on channels-last tensors its sums round a few times more), and is
+    several times faster on a CPU. Its double backward is right too, but under
+    ``torch.func.vmap`` its batching rule is wrong (functorch issue #534), so inside ``vmap`` the
+    plain operations run whatever this switch says. A scoped switch like ``torch.no_grad()``:
+    the per-task path of :mod:`metalib.maml` turns it on where no second derivative passes
+    through the batch norm (where one does, the plain operations are faster).
+
+    Args:
+        enabled: ``False`` forces the plain operations inside the block (blocks nest).
+    """
+    token = _FUSED_BATCH_NORM.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FUSED_BATCH_NORM.reset(token)
+
+
+def _under_vmap() -> bool:
+    # torch.func keeps a stack of the active transforms (grad, vmap, ...); no public API asks it
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(
+        level.key() == torch._C._functorch.TransformType.Vmap for level in stack
+    )
 
 
 class BatchStatNorm2d(nn.BatchNorm2d):
@@ -28,6 +65,7 @@ class BatchStatNorm2d(nn.BatchNorm2d):
     itself: backpropagating through ``torch.func.vmap`` of a second-order inner loop over
     ``nn.BatchNorm2d`` gives a wrong meta-gradient, silently (its fused double backward has a
     faulty batching rule; functorch issue #534). Written out, autograd derives it correctly.
+    Outside ``vmap`` the fused kernel is right and faster; :func:`fused_batch_norm` selects it.
     Batch statistics in training and evaluation alike is the MAML convention (Finn et al., 2017):
     each task is normalised by its own support or query batch, and no running state is mutated.
     """
@@ -37,10 +75,16 @@ class BatchStatNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``(B, C, H, W)`` per channel over the batch and the pixels."""
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = x.var(dim=(0, 2, 3), keepdim=True, correction=0)  # biased, as nn.BatchNorm2d
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if _FUSED_BATCH_NORM.get() and not _under_vmap():
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+        # Centred first, then the mean square: the two-pass variance, as stable as x.var() but
+        # several times faster on a CPU (x.var's reduction over (0, 2, 3) is slow there). Sums
+        # divided by n, as mean()'s backward would divide every element of the big tensor.
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        x = x - x.sum(dim=(0, 2, 3), keepdim=True) / n
+        var = x.square().sum(dim=(0, 2, 3), keepdim=True) / n  # biased, as nn.BatchNorm2d
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
+        return x * scale + self.bias.view(1, -1, 1, 1)
 
 
 class Conv4(nn.Module):

@@ -3,6 +3,8 @@ differences, Hessian-vector products, the per-task loop and Reptile's formula.""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,8 +97,9 @@ def test_second_order_meta_gradient_matches_finite_differences():
     leaves = tuple(v.detach().clone().requires_grad_() for v in net.parameters())
     assert torch.autograd.gradcheck(meta_loss, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
     # and meta_gradient returns that same gradient
-    grads, _ = maml.meta_gradient(net, dict(zip(names, leaves, strict=True)), episode,
-                                  F.cross_entropy, config)
+    grads, _ = maml.meta_gradient(
+        net, dict(zip(names, leaves, strict=True)), episode, F.cross_entropy, config
+    )
     reference = torch.autograd.grad(meta_loss(*leaves), leaves)
     for k, r in zip(names, reference, strict=True):
         torch.testing.assert_close(grads[k], r, rtol=1e-10, atol=1e-12)
@@ -108,10 +111,20 @@ def test_first_order_differs_from_second_order_by_the_hessian_term():
     params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
     episode = random_episode(1)
     alpha = 0.3
-    so, _ = maml.meta_gradient(net, params, episode, F.cross_entropy,
-                               MAMLConfig(1, alpha, first_order=False, vectorise=False))
-    fo, _ = maml.meta_gradient(net, params, episode, F.cross_entropy,
-                               MAMLConfig(1, alpha, first_order=True, vectorise=False))
+    so, _ = maml.meta_gradient(
+        net,
+        params,
+        episode,
+        F.cross_entropy,
+        MAMLConfig(1, alpha, first_order=False, vectorise=False),
+    )
+    fo, _ = maml.meta_gradient(
+        net,
+        params,
+        episode,
+        F.cross_entropy,
+        MAMLConfig(1, alpha, first_order=True, vectorise=False),
+    )
     e = episode.task(0)
     sx, sy = e.support_x[0], e.support_y[0]
 
@@ -151,8 +164,9 @@ def test_vectorised_and_per_task_paths_agree_in_float32(first_order):
 def test_meta_step_applies_the_meta_gradient_with_the_optimizer():
     net = linear_model(0.5, -0.2)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-    metrics = maml.meta_step(net, optimizer, one_point_episode(), F.mse_loss,
-                             MAMLConfig(1, 0.1, vectorise=False))
+    metrics = maml.meta_step(
+        net, optimizer, one_point_episode(), F.mse_loss, MAMLConfig(1, 0.1, vectorise=False)
+    )
     assert metrics["loss"] == pytest.approx(1.24**2, abs=1e-12)
     assert net.head.weight.item() == pytest.approx(0.5 - 0.5 * 1.488, abs=1e-12)
     assert net.head.bias.item() == pytest.approx(-0.2 + 0.5 * 2.976, abs=1e-12)
@@ -214,3 +228,116 @@ def test_bad_configs_and_params_say_what_to_change():
         maml.meta_gradient(net, frozen, one_point_episode(), F.mse_loss, MAMLConfig())
     with pytest.raises(ValueError, match="non-empty dict"):
         maml.adapt(net, {}, torch.zeros(1, 1), torch.zeros(1, 1), F.mse_loss, 1, 0.1)
+
+
+@pytest.mark.parametrize(("first_order", "steps"), [(False, 1), (False, 2), (True, 2)])
+def test_fast_loop_gives_the_plain_loop_meta_gradient_in_float64(first_order, steps):
+    """Channels-last images and the fused batch-norm kernel change no value and no gradient."""
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    episode = random_episode(3, seed=4, n_s=4, n_q=7)
+    results = {}
+    for fast_loop in (False, True):
+        config = MAMLConfig(steps, 0.3, first_order, vectorise=False, fast_loop=fast_loop)
+        results[fast_loop] = maml.meta_gradient(net, params, episode, F.cross_entropy, config)
+        outputs = maml.episode_outputs(net, params, episode, F.cross_entropy, config)
+        results[fast_loop] += (outputs,)
+    (g_plain, l_plain, o_plain), (g_fast, l_fast, o_fast) = results[False], results[True]
+    torch.testing.assert_close(o_fast, o_plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(l_fast, l_plain, rtol=1e-12, atol=0)
+    for k in params:
+        torch.testing.assert_close(g_fast[k], g_plain[k], rtol=1e-10, atol=1e-12)
+
+
+def test_fast_loop_agrees_with_the_plain_loop_in_float32():
+    torch.manual_seed(0)
+    net = Conv4(n_classes=3, hidden=8, image_size=16)
+    params = dict(net.named_parameters())
+    episode = random_episode(4, dtype=torch.float32, seed=3, n_s=6, n_q=9)
+    results = {}
+    for fast_loop in (False, True):
+        config = MAMLConfig(2, 0.4, vectorise=False, fast_loop=fast_loop)
+        results[fast_loop] = maml.meta_gradient(net, params, episode, F.cross_entropy, config)
+    (g_plain, l_plain), (g_fast, l_fast) = results[False], results[True]
+    torch.testing.assert_close(l_fast, l_plain, rtol=1e-5, atol=0)
+    flat = lambda g: torch.cat([g[k].flatten() for k in params])  # noqa: E731
+    relative = (flat(g_fast) - flat(g_plain)).norm() / flat(g_plain).norm()
+    assert relative < 1e-5, relative.item()
+
+
+def test_fast_loop_meta_gradient_matches_a_finite_difference():
+    """Second order, 3 inner steps: the directional derivative of the mean adapted loss."""
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    episode = random_episode(2, seed=5)
+    config = MAMLConfig(3, 0.3, vectorise=False)
+    grads, _ = maml.meta_gradient(net, params, episode, F.cross_entropy, config)
+    g = torch.Generator().manual_seed(6)
+    d = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+
+    def meta_loss(shift: float) -> torch.Tensor:
+        p = {k: v.detach() + shift * d[k] for k, v in params.items()}
+        return maml.task_losses(net, p, episode, F.cross_entropy, config).mean()
+
+    eps = 1e-6
+    fd = (meta_loss(eps) - meta_loss(-eps)) / (2 * eps)
+    analytic = sum((grads[k] * d[k]).sum() for k in params)
+    torch.testing.assert_close(analytic, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_default_config_runs_the_fast_loop_on_a_cpu():
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    episode = random_episode(3)
+    cases = [
+        (MAMLConfig(), 3),  # vectorise=None on a CPU: the per-task loop, fast
+        (MAMLConfig(vectorise=False), 3),
+        (MAMLConfig(vectorise=False, fast_loop=False), 0),  # the plain loop
+        (MAMLConfig(vectorise=True), 0),  # vmap ignores fast_loop
+    ]
+    for config, expected in cases:
+        with mock.patch.object(maml, "_fast_query_outputs", wraps=maml._fast_query_outputs) as fast:
+            maml.meta_gradient(net, params, episode, F.cross_entropy, config)
+        assert fast.call_count == expected, config
+
+
+def test_channels_last_copies_images_into_channels_last_memory():
+    x = torch.rand(5, 1, 8, 8)
+    out = maml._channels_last(x)
+    # one channel: .contiguous(memory_format=...) would keep the default strides here
+    assert out.stride() == (64, 1, 8, 1) and torch.equal(out, x)
+    conv = torch.nn.functional.conv2d(out, torch.randn(4, 1, 3, 3))
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    flat = torch.rand(5, 3)
+    assert maml._channels_last(flat) is flat
+
+
+def test_fast_loop_must_be_a_bool():
+    with pytest.raises(ValueError, match="fast_loop must be True or False"):
+        MAMLConfig(fast_loop=None)
+
+
+def test_adaptation_curve_matches_plain_steps_per_task():
+    """Column k is the query loss after k plain gradient steps; column 0 before any step."""
+    torch.manual_seed(0)
+    net = MLP(hidden=(8,)).double()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 9, 1, generator=g, dtype=torch.float64)
+    y = torch.sin(x)
+    episode = Episode(x[:, :4], y[:, :4], x[:, 4:], y[:, 4:])
+    curve = maml.adaptation_curve(net, episode, F.mse_loss, lr=0.1, steps=3)
+    assert curve.shape == (3, 4) and not curve.requires_grad
+    for t in range(3):
+        copy = MLP(hidden=(8,)).double()
+        copy.load_state_dict(net.state_dict())
+        opt = torch.optim.SGD(copy.parameters(), lr=0.1)
+        for k in range(4):
+            with torch.no_grad():
+                expected = F.mse_loss(copy(x[t, 4:]), y[t, 4:])
+            torch.testing.assert_close(curve[t, k], expected, rtol=1e-12, atol=1e-12)
+            opt.zero_grad()
+            F.mse_loss(copy(x[t, :4]), y[t, :4]).backward()
+            opt.step()
+    assert curve[:, -1].mean() < curve[:, 0].mean()  # the steps lower the query loss here
+    with pytest.raises(ValueError, match="steps"):
+        maml.adaptation_curve(net, episode, F.mse_loss, lr=0.1, steps=-1)

@@ -3,13 +3,24 @@ second derivatives (gradcheck, gradgradcheck, vmap against a loop), batch-statis
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from metalib.nets import MLP, BatchStatNorm2d, Conv4, forward_with, params, with_new_head
+from metalib import nets
+from metalib.nets import (
+    MLP,
+    BatchStatNorm2d,
+    Conv4,
+    forward_with,
+    fused_batch_norm,
+    params,
+    with_new_head,
+)
 
 
 def tiny_conv4(n_classes: int = 3) -> Conv4:
@@ -227,3 +238,80 @@ def test_input_shape_errors_name_the_expected_shape():
         Conv4().features(torch.zeros(2, 1, 16, 16))
     with pytest.raises(ValueError, match=r"\(\.\.\., 1\), got \(10,\)"):
         MLP()(torch.zeros(10))
+
+
+def _bn_with_random_affine(channels: int = 3) -> BatchStatNorm2d:
+    bn = BatchStatNorm2d(channels).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2, generator=torch.Generator().manual_seed(0))
+        bn.bias.uniform_(-1, 1, generator=torch.Generator().manual_seed(1))
+    return bn
+
+
+def test_fused_batch_norm_switch_selects_the_kernel_and_keeps_the_values():
+    bn = _bn_with_random_affine()
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) * 3 + 1).requires_grad_()
+    plain = bn(x)
+    with fused_batch_norm():
+        fused = bn(x)
+        with fused_batch_norm(False):  # blocks nest; the inner one wins
+            inner = bn(x)
+    after = bn(x)
+    assert type(fused.grad_fn).__name__ == "NativeBatchNormBackward0"
+    for out in (plain, inner, after):
+        assert type(out.grad_fn).__name__ != "NativeBatchNormBackward0"
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    # first and second derivatives of the two kernels agree (what second-order MAML needs)
+    v = torch.randn(plain.shape, generator=g, dtype=torch.float64)
+    grads = []
+    for out in (plain, fused):
+        gx, gw = torch.autograd.grad((out * v).sum(), (x, bn.weight), create_graph=True)
+        grads.append(torch.autograd.grad(gx.square().sum() + gw.square().sum(), (x, bn.weight)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_stat_norm_accepts_channels_last_input():
+    bn = _bn_with_random_affine(4)
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    ref = bn(x)
+    torch.testing.assert_close(bn(x_cl), ref, rtol=1e-12, atol=1e-12)
+    with fused_batch_norm():
+        torch.testing.assert_close(bn(x_cl), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_batch_norm_is_never_used_under_vmap():
+    """Inside the switch, vmap still runs the plain operations and its meta-gradient is right."""
+    torch.manual_seed(0)
+    net = tiny_conv4()
+    p = {k: v.detach() for k, v in params(net).items()}
+    g = torch.Generator().manual_seed(1)
+    xs, xq = (torch.rand(3, 6, 1, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    ys, yq = (torch.randint(0, 3, (3, 6), generator=g) for _ in range(2))
+
+    def loss(p, x, y):
+        return F.cross_entropy(functional_call(net, p, (x,)), y)
+
+    def adapted_loss(p, xs, ys, xq, yq):
+        gs = grad(loss)(p, xs, ys)
+        return loss({k: p[k] - 0.4 * gs[k] for k in p}, xq, yq)
+
+    loop = [grad(adapted_loss)(p, xs[t], ys[t], xq[t], yq[t]) for t in range(3)]
+    calls = mock.patch.object(nets.F, "batch_norm", wraps=F.batch_norm)
+    with fused_batch_norm(), calls as batch_norm:
+        mean_loss = lambda p: vmap(adapted_loss, in_dims=(None, 0, 0, 0, 0))(  # noqa: E731
+            p, xs, ys, xq, yq
+        ).mean()
+        vectorised = grad(mean_loss)(p)
+        assert batch_norm.call_count == 0
+        fused_loop = [grad(adapted_loss)(p, xs[t], ys[t], xq[t], yq[t]) for t in range(3)]
+        assert batch_norm.call_count > 0  # outside vmap the switch does select the kernel
+    for k in p:
+        reference = sum(lp[k] for lp in loop) / 3
+        torch.testing.assert_close(vectorised[k], reference, rtol=1e-9, atol=1e-12)
+        # and the fused kernel under torch.func.grad, second order, gives the same gradient
+        torch.testing.assert_close(
+            sum(lp[k] for lp in fused_loop) / 3, reference, rtol=1e-9, atol=1e-12
+        )
