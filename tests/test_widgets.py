@@ -154,8 +154,9 @@ def test_adaptation_explorer_adapts_each_model_on_the_same_points(monkeypatch):
     monkeypatch.setattr(
         metalib.widgets,
         "regression_fits",
-        lambda grid, truth, support, predictions, **kw: fits.append((support, predictions))
-        or real(grid, truth, support, predictions, **kw),
+        lambda grid, truth, support, predictions, **kw: (
+            fits.append((support, predictions)) or real(grid, truth, support, predictions, **kw)
+        ),
     )
     shift = _Shift()
     box = adaptation_explorer({"shift": shift}, SinusoidFamily(), k_shot=3, lr=0.25)
@@ -163,7 +164,7 @@ def test_adaptation_explorer_adapts_each_model_on_the_same_points(monkeypatch):
     shots, seed = box.children[1].children
     assert (steps.value, shots.value) == (1, 3) and rate.value == pytest.approx(0.25)
     (sx, sy), predictions = fits[-1]
-    (label, y), = predictions.items()
+    ((label, y),) = predictions.items()
     # one step on MSE from b = 0: b' = 0 - lr * 2 * (0 - mean(y)) = 2 * lr * mean(y)
     assert sx.shape == (3, 1)
     torch.testing.assert_close(y, torch.full_like(y, 0.5 * sy.mean().item()), rtol=1e-5, atol=1e-6)
