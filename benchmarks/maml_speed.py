@@ -390,9 +390,11 @@ def reading(groups, paths, times, base) -> list[str]:
             "(see the call count and µs per call of the 5-step profile), where the layout and "
             "the fused kernel help little -- the fused kernel's double backward is slower than "
             "the plain operations', so it is not used there -- and per-call overhead, not "
-            "arithmetic, sets the time: compare the one-thread rows of the ablation, where a "
-            "second thread's wake-up per operation (OMP_WAIT_POLICY=PASSIVE) costs more than it "
-            "brings."
+            "arithmetic, sets the time. See the one-thread rows of the ablation: with several "
+            "second-order steps one thread can beat two (waking the second thread for every "
+            "small operation, OMP_WAIT_POLICY=PASSIVE, costs more than it brings); the thread "
+            "count is metalib.runtime's choice, not maml's. Thread rows are the most sensitive "
+            "to other jobs on the machine (a busy core slows two threads more than one)."
         )
     return out
 
