@@ -292,7 +292,10 @@ def report(args, threads, dev, groups, paths, times, memory, flops, checks, prof
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} threads, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, device {dev}.",
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, device {dev}. One-minute load "
+        "average before the timed rounds, after the main table's, after the ablation's: "
+        + " / ".join(f"{x:.1f}" for x in args.loads)
+        + " (this benchmark alone adds about 1; more means other jobs shared the cores).",
         "",
         "Command: `python benchmarks/maml_speed.py " + shlex.join(sys.argv[1:]) + "`",
         "",
@@ -486,8 +489,11 @@ def main() -> int:
                     ablation[(b, s, False, name)] = run
                 ablation[(b, s, False, f"{name}, 1 thread")] = with_threads(1, run)
     bar = progress(total=(args.rounds + 1) * (len(runs) + len(ablation)), desc="meta-iterations")
+    args.loads = [os.getloadavg()[0]]  # other jobs on the machine move every figure
     times = time_interleaved(runs, args.rounds, bar)
+    args.loads.append(os.getloadavg()[0])
     ablation_times = time_interleaved(ablation, args.rounds, bar)
+    args.loads.append(os.getloadavg()[0])
     bar.close()
     memory = {}
     if not args.no_memory:
