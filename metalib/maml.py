@@ -29,6 +29,7 @@ and the inner loop stays a pure function (a running-average buffer updated in pl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -378,9 +379,7 @@ def accuracy_fn(
     device.
     """
     device = next(model.parameters()).device
-    eval_config = MAMLConfig(
-        config.inner_steps, config.inner_lr, True, config.vectorise, config.fast_loop
-    )
+    eval_config = dataclasses.replace(config, first_order=True)
 
     def fn(episode: Episode) -> torch.Tensor:
         episode = episode.to(device)

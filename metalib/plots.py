@@ -169,22 +169,20 @@ def regression_fits(
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-    x = grid.detach().cpu().squeeze(-1).numpy()
-    ax.plot(
-        x,
-        truth.detach().cpu().squeeze(-1).numpy(),
-        color="black",
-        linewidth=2,
-        label="true function",
-    )
+
+    def curve(t: torch.Tensor) -> np.ndarray:  # (P, 1) tensor -> (P,) array for matplotlib
+        return t.detach().cpu().squeeze(-1).numpy()
+
+    x = curve(grid)
+    ax.plot(x, curve(truth), color="black", linewidth=2, label="true function")
     for label, y in predictions.items():
         if y.shape != grid.shape:
             raise ValueError(
                 f"prediction {label!r} has shape {tuple(y.shape)}, grid "
                 f"{tuple(grid.shape)}; predict on the grid"
             )
-        ax.plot(x, y.detach().cpu().squeeze(-1).numpy(), linestyle="--", label=label)
-    sx, sy = (t.detach().cpu().squeeze(-1).numpy() for t in support)
+        ax.plot(x, curve(y), linestyle="--", label=label)
+    sx, sy = (curve(t) for t in support)
     ax.scatter(sx, sy, color="black", marker="^", s=60, zorder=5, label=f"{len(sx)} support points")
     ax.set_xlabel("x")
     ax.set_ylabel("y")

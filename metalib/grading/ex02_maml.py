@@ -388,6 +388,13 @@ def reptile_raises() -> Case:
 
 HAND = "the hand-derived example"
 
+# q2 and q3 are judged on the same inputs, so a student sees the two gradients side by side
+GRADIENT_CASES = (
+    gradient_case(LINEAR, linear_data(), lr=0.1, steps=1, note=HAND),
+    gradient_case(conv4(0), images(3, 2, 3, seed=0), lr=0.4, steps=2),
+    gradient_case(mlp(1), points(5, 10, seed=1), lr=0.05, steps=1),
+)
+
 EXERCISE = Exercise(
     "02_maml",
     (
@@ -409,11 +416,7 @@ EXERCISE = Exercise(
             "maml_meta_gradient",
             3,
             judge_maml_gradient,
-            visible=(
-                gradient_case(LINEAR, linear_data(), lr=0.1, steps=1, note=HAND),
-                gradient_case(conv4(0), images(3, 2, 3, seed=0), lr=0.4, steps=2),
-                gradient_case(mlp(1), points(5, 10, seed=1), lr=0.05, steps=1),
-            ),
+            visible=GRADIENT_CASES,
             title="the second-order meta-gradient",
         ),
         Question(
@@ -421,11 +424,7 @@ EXERCISE = Exercise(
             "fomaml_meta_gradient",
             2,
             judge_fomaml_gradient,
-            visible=(
-                gradient_case(LINEAR, linear_data(), lr=0.1, steps=1, note=HAND),
-                gradient_case(conv4(0), images(3, 2, 3, seed=0), lr=0.4, steps=2),
-                gradient_case(mlp(1), points(5, 10, seed=1), lr=0.05, steps=1),
-            ),
+            visible=GRADIENT_CASES,
             title="the first-order meta-gradient",
         ),
         Question(
