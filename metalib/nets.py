@@ -233,6 +233,30 @@ def forward_with(
     return torch.func.functional_call(module, params, (x,))
 
 
+def embed_tasks(
+    encoder: nn.Module, support_x: torch.Tensor, query_x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed each task's support and query images, one batch per task.
+
+    Args:
+        encoder: maps ``(B, C, H, W)`` images to ``(B, D)`` features (e.g. ``Conv4().body``).
+        support_x: ``(T, S, C, H, W)``; query_x: ``(T, P, C, H, W)``.
+
+    Returns:
+        ``(T, S, D)`` and ``(T, P, D)``. Support and queries of a task go through the encoder
+        together, so a batch-statistics norm sees one task at a time (never two tasks mixed).
+    """
+    if support_x.dim() < 3 or query_x.dim() != support_x.dim():
+        raise ValueError(
+            f"support_x (T, S, ...) and query_x (T, P, ...) need a task axis and the same item "
+            f"shape, got {tuple(support_x.shape)} and {tuple(query_x.shape)}"
+        )
+    s = support_x.shape[1]
+    out = [encoder(torch.cat([sx, qx])) for sx, qx in zip(support_x, query_x, strict=True)]
+    features = torch.stack(out)  # (T, S + P, D)
+    return features[:, :s], features[:, s:]
+
+
 def with_new_head(
     model: nn.Module, n_classes: int, generator: torch.Generator | None = None
 ) -> nn.Module:

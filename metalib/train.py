@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from metalib.runtime import progress
 from metalib.tasks import Episode, FixedEpisodes
@@ -235,6 +237,42 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         )
     dtype = logits.dtype if logits.is_floating_point() else torch.get_default_dtype()
     return (logits.argmax(dim=-1) == labels).to(dtype).mean(dim=-1)
+
+
+def episode_loss(model: nn.Module, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of an episodic classifier on a batch of tasks: mean query cross-entropy.
+
+    An *episodic classifier* maps a task to query logits in one call,
+    ``model(support_x, support_y, query_x, n_way) -> (T, N*Q, N)`` (prototypical networks, the
+    black-box learners); meta-training minimises this loss over random episodes.
+
+    Returns:
+        ``(loss, accuracy)``: a scalar (mean over tasks and queries) and ``(T,)`` accuracies.
+    """
+    out = model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+    if out.shape != (*episode.query_y.shape, episode.n_way):
+        raise ValueError(
+            f"{type(model).__name__} returned logits of shape {tuple(out.shape)}; an episodic "
+            f"classifier must return (T, N*Q, N) = {(*episode.query_y.shape, episode.n_way)}"
+        )
+    loss = F.cross_entropy(out.flatten(0, 1), episode.query_y.flatten())
+    return loss, accuracy(out.detach(), episode.query_y)
+
+
+def episode_accuracy_fn(model: nn.Module) -> Callable[[Episode], torch.Tensor]:
+    """``fn(episode) -> (T,)`` query accuracies of an episodic classifier, for :func:`evaluate`.
+
+    Runs without gradients on the model's device; the model adapts in its forward pass.
+    """
+    device = next(iter(model.parameters()), torch.empty(0)).device
+
+    def fn(episode: Episode) -> torch.Tensor:
+        episode = episode.to(device)
+        with torch.no_grad():
+            out = model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+        return accuracy(out, episode.query_y)
+
+    return fn
 
 
 class Timer:

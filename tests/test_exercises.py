@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from conftest import ROOT
 from torch import nn
 
-from metalib.grading import ex00_tasks, ex01_finetuning, ex02_maml, probes
+from metalib.grading import (
+    ex00_tasks,
+    ex01_finetuning,
+    ex02_maml,
+    ex03_blackbox,
+    ex04_protonet,
+    probes,
+)
 from metalib.grading.feedback import evaluate_cases, run_case
 from metalib.grading.spec import Case, Exercise, Question
 
@@ -569,3 +576,371 @@ def test_a_raised_error_is_feedback_not_a_crash():
 
     message = run_case(question, question.visible[0], broken)
     assert message is not None and "raised ValueError" in message
+
+
+# ------------------------------------------------------------------------ 03 and 04
+# Later exercises join the registry only while their own tests run (monkeypatch), so the generic
+# tests above, parametrized at collection, keep their cases; these wrappers run them on the new
+# exercises.
+
+NEW_EXERCISES: dict[str, Exercise] = {
+    "03_blackbox": ex03_blackbox.EXERCISE,
+    "04_protonet": ex04_protonet.EXERCISE,
+}
+NEW_QUESTIONS = [(name, q.name) for name, ex in NEW_EXERCISES.items() for q in ex.questions]
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    for name, exercise in NEW_EXERCISES.items():
+        monkeypatch.setitem(EXERCISES, name, exercise)
+
+
+@pytest.mark.usefixtures("registered")
+@pytest.mark.parametrize(("name", "qname"), NEW_QUESTIONS)
+def test_new_solution_passes_every_case_through_the_file_format(name, qname):
+    test_solution_passes_every_case(name, qname)
+    test_cases_and_outputs_survive_the_grader_file_format(name, qname)
+
+
+@pytest.mark.usefixtures("registered")
+@pytest.mark.parametrize(("name", "qname"), NEW_QUESTIONS)
+def test_new_stub_and_refusal_score_nothing(name, qname):
+    test_a_stub_is_not_answered_yet(name, qname)
+    test_refusing_every_input_scores_nothing(name, qname)
+
+
+@pytest.mark.usefixtures("registered")
+@pytest.mark.parametrize("name", list(NEW_EXERCISES))
+def test_new_hidden_cases_and_speed(name):
+    test_hidden_cases_name_existing_questions_and_probes(name)
+    test_every_case_of_an_exercise_runs_quickly(name)
+
+
+def _protos(variant: str):
+    def prototypes(support_features, support_y, n_way):
+        one_hot = F.one_hot(support_y, n_way).to(support_features.dtype)
+        counts = one_hot.sum(dim=1)
+        if variant != "no ValueError" and (counts == 0).any():
+            raise ValueError("a class has no example")
+        sums = one_hot.transpose(1, 2) @ support_features
+        t, m, d = support_features.shape
+        if variant == "sum":
+            return sums
+        if variant == "sorted":
+            return support_features.view(t, n_way, m // n_way, d).mean(2)
+        if variant == "M/N":
+            return sums / (m / n_way)
+        if variant == "pooled":
+            return torch.stack([support_features[support_y == n].mean(0) for n in range(n_way)])
+        return sums / counts.unsqueeze(-1)
+
+    return prototypes
+
+
+def _distances(variant: str):
+    def squared_distances(query_features, protos):
+        d = (query_features.unsqueeze(2) - protos.unsqueeze(1)).square()
+        if variant == "mean":
+            return d.mean(-1)
+        if variant == "swapped":
+            return d.sum(-1).transpose(1, 2)
+        return torch.cdist(query_features, protos)  # the distance, not its square
+
+    return squared_distances
+
+
+def _proto_loss(variant: str):
+    ns = solution("04_protonet")
+
+    def protonet_loss(encoder, episode):
+        if variant == "apart":
+            sf = torch.stack([encoder(x) for x in episode.support_x])
+            qf = torch.stack([encoder(x) for x in episode.query_x])
+        elif variant == "one batch":
+            t, m = episode.support_x.shape[:2]
+            f = encoder(torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)]))
+            sf, qf = f[: t * m].view(t, m, -1), f[t * m :].view(t, -1, f.shape[-1])
+        else:
+            sf, qf = ns["embed_tasks"](encoder, episode.support_x, episode.query_x)
+        if variant == "no graph":
+            sf, qf = sf.detach(), qf.detach()
+        protos = ns["prototypes"](sf, episode.support_y, episode.n_way)
+        d = ns["squared_distances"](qf, protos)
+        logits = {"plus": d, "sqrt": -d.sqrt()}.get(variant, -d)
+        reduction = "sum" if variant == "summed" else "mean"
+        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten(), reduction=reduction)
+        right = (logits.argmax(-1) == episode.query_y).float()
+        return loss, right.sum(-1) if variant == "count" else right.mean(-1)
+
+    return protonet_loss
+
+
+def _cosine(variant: str):
+    def cosine_logits(query_features, protos, temperature):
+        q, c = F.normalize(query_features, dim=-1), F.normalize(protos, dim=-1)
+        cos = q @ c.transpose(1, 2)
+        if variant == "unnormalised":
+            return temperature * query_features @ protos.transpose(1, 2)
+        if variant == "no temperature":
+            return cos
+        if variant == "divided":
+            return cos / temperature
+        if variant == "float":  # a Python number: no gradient reaches the temperature
+            return (temperature.item() if torch.is_tensor(temperature) else temperature) * cos
+        return temperature * (1 - cos)  # a cosine distance
+
+    return cosine_logits
+
+
+WRONG_04 = {
+    "prototype = sum": ("q1", _protos("sum"), "not their mean"),
+    "support assumed sorted by class": ("q1", _protos("sorted"), "sorted by class"),
+    "divided by M/N": ("q1", _protos("M/N"), "its own class's count"),
+    "tasks pooled": ("q1", _protos("pooled"), "the task axis is missing"),
+    "nan for an empty class": ("q1", _protos("no ValueError"), "expected a ValueError"),
+    "distance not squared": ("q2", _distances("sqrt"), "not its square"),
+    "mean over features": ("q2", _distances("mean"), "mean over the"),
+    "axes swapped": ("q2", _distances("swapped"), "swapped"),
+    "+distance as logits": ("q3", _proto_loss("plus"), "+distance"),
+    "distance not squared in the loss": ("q3", _proto_loss("sqrt"), "not squared"),
+    "summed cross-entropy": ("q3", _proto_loss("summed"), "sum of the queries"),
+    "support and query embedded apart": ("q3", _proto_loss("apart"), "separate batches"),
+    "tasks embedded in one batch": ("q3", _proto_loss("one batch"), "mixed them"),
+    "features detached": ("q3", _proto_loss("no graph"), "no graph back to the encoder"),
+    "accuracy as a count": ("q3", _proto_loss("count"), "numbers of right queries"),
+    "cosine unnormalised": ("q4", _cosine("unnormalised"), "not normalised"),
+    "no temperature": ("q4", _cosine("no temperature"), "is missing"),
+    "divided by τ": ("q4", _cosine("divided"), "divided by τ"),
+    "temperature as a float": ("q4", _cosine("float"), "cut it"),
+    "cosine distance": ("q4", _cosine("distance"), "cosine distance"),
+}
+
+
+def _tokens(variant: str):
+    def make_tokens(support_features, support_y, query_features, n_slots):
+        if variant != "no ValueError" and support_y.max() >= n_slots:
+            raise ValueError("label without a slot")
+        code = F.one_hot(support_y, n_slots).to(support_features.dtype)
+        zeros = query_features.new_zeros(*query_features.shape[:2], n_slots)
+        support = torch.cat([support_features, code], -1)
+        query = torch.cat([query_features, zeros], -1)
+        if variant == "number":
+            support = torch.cat([support_features, support_y.unsqueeze(-1).to(code.dtype)], -1)
+        elif variant == "task width":
+            support = torch.cat([support_features, F.one_hot(support_y).to(code.dtype)], -1)
+        elif variant == "code first":
+            support = torch.cat([code, support_features], -1)
+        elif variant == "ones":
+            query = torch.cat([query_features, zeros + 1], -1)
+        elif variant == "no zeros":
+            query = query_features
+        return support, query
+
+    return make_tokens
+
+
+def _lstm(variant: str):
+    def lstm_forward(lstm, head, support_tokens, query_tokens):
+        t, p = query_tokens.shape[:2]
+        _, (h, c) = lstm(support_tokens)
+        if variant == "sequence":
+            return head(lstm(query_tokens, (h, c))[0])
+        if variant == "state only":
+            return head(h[-1]).unsqueeze(1).expand(t, p, -1)
+        if variant == "zero state":
+            h, c = torch.zeros_like(h), torch.zeros_like(c)
+        if variant == "no cell":
+            c = torch.zeros_like(c)
+        state = (h.repeat_interleave(p, 1), c.repeat_interleave(p, 1))
+        with torch.set_grad_enabled(variant != "no grad"):
+            out, _ = lstm(query_tokens.reshape(t * p, 1, -1), state)
+            return head(out.reshape(t, p, -1))
+
+    return lstm_forward
+
+
+def _mask(variant: str):
+    def attention_mask(n_support, n_query):
+        n = n_support + n_query
+        blocked = torch.ones(n, n, dtype=torch.bool)
+        blocked[:, :n_support] = False
+        if variant == "queries see queries":
+            blocked[n_support:, n_support:] = False
+        elif variant != "no self":
+            blocked[range(n_support, n), range(n_support, n)] = False
+        if variant == "causal":
+            return torch.ones(n, n, dtype=torch.bool).triu(1)
+        if variant == "float":
+            return torch.zeros(n, n).masked_fill(blocked, float("-inf"))
+        return ~blocked if variant == "inverted" else blocked
+
+    return attention_mask
+
+
+def _qiao(variant: str):
+    def predicted_weight_logits(phi, support_features, support_y, query_features, n_way, scale):
+        a = F.normalize(support_features, dim=-1)
+        if variant == "raw mean":
+            a = support_features
+        one_hot = F.one_hot(support_y, n_way).to(a.dtype)
+        if variant == "phi first":
+            a = phi(a)
+        mean = one_hot.transpose(1, 2) @ a / one_hot.sum(1).unsqueeze(-1)
+        w = mean if variant in ("no phi", "phi first") else phi(mean)
+        if variant == "detached":
+            w = w.detach()
+        if variant != "unnormalised weights":
+            w = F.normalize(w, dim=-1)
+        q = F.normalize(query_features, dim=-1)
+        if variant == "phi on queries":
+            q = F.normalize(phi(q), dim=-1)
+        logits = q @ w.transpose(1, 2)
+        return logits if variant == "no scale" else scale * logits
+
+    return predicted_weight_logits
+
+
+WRONG_03 = {
+    "the label as a number": ("q1", _tokens("number"), "appended as one number"),
+    "a one-hot as wide as the task": ("q1", _tokens("task width"), "number of classes of this"),
+    "the code first": ("q1", _tokens("code first"), "the code comes first"),
+    "ones for the query's label": ("q1", _tokens("ones"), "hold ones"),
+    "queries without label slots": ("q1", _tokens("no zeros"), "needs n_slots zeros"),
+    "no ValueError for a label without slot": (
+        "q1",
+        _tokens("no ValueError"),
+        "expected a ValueError",
+    ),
+    "queries read as one sequence": ("q2", _lstm("sequence"), "one sequence after the support"),
+    "queries from a zero state": ("q2", _lstm("zero state"), "support was ignored"),
+    "the cell state dropped": ("q2", _lstm("no cell"), "cell state c was dropped"),
+    "the support's state as the answer": ("q2", _lstm("state only"), "never read"),
+    "queries under no_grad": ("q2", _lstm("no grad"), "carry no graph back to the LSTM"),
+    "True for allowed": ("q3", _mask("inverted"), "True and False are swapped"),
+    "queries see each other": ("q3", _mask("queries see queries"), "attend to each other"),
+    "a causal mask": ("q3", _mask("causal"), "causal mask"),
+    "a float mask": ("q3", _mask("float"), "return a bool tensor"),
+    "a query blind to itself": ("q3", _mask("no self"), "cannot attend to itself"),
+    "raw activations averaged": ("q4", _qiao("raw mean"), "averaged before being normalised"),
+    "weights not normalised": ("q4", _qiao("unnormalised weights"), "weights were not normal"),
+    "φ on the queries": ("q4", _qiao("phi on queries"), "applied to the queries too"),
+    "φ before the mean": ("q4", _qiao("phi first"), "before the mean"),
+    "no φ": ("q4", _qiao("no phi"), "cosine prototypes"),
+    "no scale": ("q4", _qiao("no scale"), "is missing"),
+    "weights detached": ("q4", _qiao("detached"), "no graph back to φ"),
+}
+
+WRONG_NEW = [("03_blackbox", k, *v) for k, v in WRONG_03.items()] + [
+    ("04_protonet", k, *v) for k, v in WRONG_04.items()
+]
+
+
+@pytest.mark.usefixtures("registered")
+@pytest.mark.parametrize(("name", "variant", "qname", "fn", "says"), WRONG_NEW, ids=lambda v: v)
+def test_new_wrong_answer_fails_with_a_helpful_message(name, variant, qname, fn, says):
+    test_a_wrong_answer_fails_with_a_helpful_message(name, variant, qname, fn, says)
+
+
+def test_every_new_question_has_a_wrong_answer():
+    assert {(n, q) for n, _, q, _, _ in WRONG_NEW} == set(NEW_QUESTIONS)
+
+
+def _prototypes_by_masks(support_features, support_y, n_way):
+    out = []
+    for f, y in zip(support_features, support_y, strict=True):
+        if any((y == n).sum() == 0 for n in range(n_way)):
+            raise ValueError("every class needs an example")
+        out.append(torch.stack([f[y == n].mean(0) for n in range(n_way)]))
+    return torch.stack(out)
+
+
+def _loss_by_log_softmax(encoder, episode):
+    losses, accs = [], []
+    for t in range(episode.n_tasks):
+        f = encoder(torch.cat([episode.support_x[t], episode.query_x[t]]))
+        sf, qf = f[: episode.support_x.shape[1]], f[episode.support_x.shape[1] :]
+        protos = _prototypes_by_masks(sf[None], episode.support_y[t : t + 1], episode.n_way)[0]
+        logp = (-(torch.cdist(qf, protos) ** 2)).log_softmax(-1)
+        losses.append(-logp.gather(1, episode.query_y[t][:, None]).squeeze(1))
+        accs.append((logp.argmax(-1) == episode.query_y[t]).double().mean())
+    return torch.cat(losses).mean(), torch.stack(accs)
+
+
+@pytest.mark.parametrize(
+    ("qname", "fn"),
+    [
+        ("q1", _prototypes_by_masks),
+        ("q2", lambda q, c: torch.cdist(q, c) ** 2),
+        (
+            "q2",
+            lambda q, c: (
+                q.square().sum(-1, keepdim=True)
+                - 2 * q @ c.transpose(1, 2)
+                + c.square().sum(-1)[:, None]
+            ),
+        ),
+        ("q3", _loss_by_log_softmax),
+        (
+            "q4",
+            lambda q, c, t: t * F.cosine_similarity(q.unsqueeze(2), c.unsqueeze(1), dim=-1),
+        ),
+    ],
+    ids=["masks", "cdist", "expanded", "log_softmax per task", "cosine_similarity"],
+)
+def test_other_right_answers_to_04_pass_every_case(qname, fn):
+    question = ex04_protonet.EXERCISE.question(qname)
+    verdict = evaluate_cases(question, all_cases("04_protonet", question), fn)
+    assert verdict, str(verdict)
+
+
+def _lstm_query_by_query(lstm, head, support_tokens, query_tokens):
+    rows = []
+    for s, q in zip(support_tokens, query_tokens, strict=True):
+        _, state = lstm(s[None])
+        rows.append(torch.cat([lstm(x[None, None], state)[0][0] for x in q]))
+    return head(torch.stack(rows))
+
+
+def _mask_by_blocks(n_support, n_query):
+    eye = torch.eye(n_query, dtype=torch.bool)
+    top = torch.cat([torch.zeros(n_support, n_support), torch.ones(n_support, n_query)], 1)
+    bottom = torch.cat([torch.zeros(n_query, n_support), ~eye], 1)
+    return torch.cat([top, bottom]).bool()
+
+
+def _qiao_by_loops(phi, support_features, support_y, query_features, n_way, scale):
+    out = []
+    for f, y, q in zip(support_features, support_y, query_features, strict=True):
+        a = f / f.norm(dim=-1, keepdim=True)
+        w = torch.stack([phi(a[y == n].mean(0)) for n in range(n_way)])
+        w = w / w.norm(dim=-1, keepdim=True)
+        out.append(scale * F.cosine_similarity(q[:, None], w[None], dim=-1))
+    return torch.stack(out)
+
+
+def _tokens_by_eye(support_features, support_y, query_features, n_slots):
+    if support_y.max() >= n_slots:
+        raise ValueError("one slot per label")
+    eye = torch.eye(n_slots, dtype=support_features.dtype)
+    pad = torch.zeros(*query_features.shape[:-1], n_slots, dtype=query_features.dtype)
+    return (
+        torch.cat([support_features, eye[support_y]], -1),
+        torch.cat([query_features, pad], -1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("qname", "fn"),
+    [
+        ("q1", _tokens_by_eye),
+        ("q2", _lstm_query_by_query),
+        ("q3", _mask_by_blocks),
+        ("q4", _qiao_by_loops),
+    ],
+    ids=["eye rows", "query by query", "blocks", "loops"],
+)
+def test_other_right_answers_to_03_pass_every_case(qname, fn):
+    question = ex03_blackbox.EXERCISE.question(qname)
+    verdict = evaluate_cases(question, all_cases("03_blackbox", question), fn)
+    assert verdict, str(verdict)

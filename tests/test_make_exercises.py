@@ -94,6 +94,20 @@ def test_hint_line_kept_as_comment_and_used_as_message():
     assert message == 'use "sorted" \\ twice'
 
 
+def test_long_hint_gets_the_multi_line_layout_of_ruff_format():
+    hint = "x" * 80
+    out = stub(
+        f"def f():\n    # BEGIN SOLUTION\n    # HINT: {hint}\n    return 1\n    # END SOLUTION"
+    )
+    lines = out.split("\n")
+    assert lines[2:] == ["    raise NotImplementedError(", f'        "{hint}"', "    )"]
+    assert max(len(line) for line in lines) <= mx.MAX_LINE
+    namespace = {}
+    exec(compile(out, "<cell>", "exec"), namespace)
+    with pytest.raises(NotImplementedError, match=hint):
+        namespace["f"]()
+
+
 def test_empty_hint_falls_back_to_default():
     out = stub("# BEGIN SOLUTION\n# HINT:\nx = 1\n# END SOLUTION")
     assert out == f"# HINT:\n{STUB}"

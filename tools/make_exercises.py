@@ -48,6 +48,9 @@ def _literal(text: str) -> str:
     return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
 
 
+MAX_LINE = 100  # the project's line length (ruff)
+
+
 def stub_source(source: str, where: str) -> tuple[str, int]:
     """Replace each solution block of one code cell's source by a ``NotImplementedError`` stub.
 
@@ -82,7 +85,13 @@ def stub_source(source: str, where: str) -> tuple[str, int]:
             message = hint.group(1).strip() if hint else ""
             if hint:
                 out.append(f"{indent}# HINT: {message}".rstrip())
-            out.append(f"{indent}raise NotImplementedError({_literal(message or DEFAULT_HINT)})")
+            stub = f"{indent}raise NotImplementedError({_literal(message or DEFAULT_HINT)})"
+            if len(stub) > MAX_LINE:  # the layout ruff format gives a long call
+                stub = (
+                    f"{indent}raise NotImplementedError(\n{indent}    "
+                    f"{_literal(message or DEFAULT_HINT)}\n{indent})"
+                )
+            out.append(stub)
         elif end:
             if not opened:
                 raise ValueError(

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalib.blackbox import SequenceLearner, label_sequence, query_tokens
 from metalib.data.base import ImageClasses
 from metalib.data.sinusoid import SinusoidFamily
 from metalib.nets import MLP, Conv4
+from metalib.tasks import Episode
 
 
 def plain(value: Any) -> Any:
@@ -491,3 +493,308 @@ def reptile_update(
     problem = _tensor_dict(out, "the new θ")
     result: dict[str, Any] = {"inputs_changed": changed}
     return {**result, "problem": problem} if problem else {**result, "new": plain(out)}
+
+
+# ---------------------------------------------------------------------------------------------
+# 04_protonet: prototypes, squared distances, the episode loss, cosine logits.
+#
+# Features are seeded ``randn`` tensors whose rows have different norms (so that a missing
+# normalisation shows); support labels are each task's own shuffle of ``counts[n]`` copies of
+# each class ``n`` (so that a reshape assuming a class-sorted support shows).
+
+
+def proto_features(shape: tuple[int, ...], seed: int, dtype: str = "float64") -> torch.Tensor:
+    """Seeded features of ``shape`` (..., D), each row scaled by a factor in [0.5, 3)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    scale = 0.5 + 2.5 * torch.rand((*shape[:-1], 1), generator=g, dtype=torch.float64)
+    return (x * scale).to(getattr(torch, dtype))
+
+
+def proto_labels(tasks: int, counts: list[int], seed: int) -> torch.Tensor:
+    """``(tasks, sum(counts))`` long labels: class ``n`` ``counts[n]`` times, shuffled per task."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    return torch.stack([y[torch.randperm(len(y), generator=g)] for _ in range(tasks)])
+
+
+def proto_support(
+    tasks: int, counts: list[int], dim: int, seed: int, dtype: str = "float64"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support features ``(T, M, D)`` and labels ``(T, M)``, ``M = sum(counts)``."""
+    y = proto_labels(tasks, counts, seed)
+    return proto_features((tasks, y.shape[1], dim), seed + 1, dtype), y
+
+
+def protonet_prototypes(
+    fn: Callable[..., Any],
+    tasks: int,
+    counts: list[int],
+    dim: int,
+    seed: int,
+    dtype: str = "float64",
+    n_way: int | None = None,
+) -> dict[str, Any]:
+    """``fn(support_features, support_y, n_way)`` on :func:`proto_support`; also reports
+    whether the inputs changed (``n_way`` defaults to ``len(counts)``)."""
+    f, y = proto_support(tasks, counts, dim, seed, dtype)
+    keep = (f.clone(), y.clone())
+    with torch.random.fork_rng(devices=[]):
+        out = fn(f, y, len(counts) if n_way is None else n_way)
+    changed = not (torch.equal(f, keep[0]) and torch.equal(y, keep[1]))
+    return {"protos": plain(out), "inputs_changed": changed}
+
+
+def protonet_distances(
+    fn: Callable[..., Any],
+    tasks: int,
+    queries: int,
+    n_way: int,
+    dim: int,
+    seed: int,
+    dtype: str = "float64",
+) -> Any:
+    """``fn(query_features, protos)`` on seeded ``(T, P, D)`` and ``(T, N, D)`` features."""
+    q = proto_features((tasks, queries, dim), seed, dtype)
+    c = proto_features((tasks, n_way, dim), seed + 1, dtype)
+    with torch.random.fork_rng(devices=[]):
+        return plain(fn(q, c))
+
+
+def protonet_cosine(
+    fn: Callable[..., Any],
+    tasks: int,
+    queries: int,
+    n_way: int,
+    dim: int,
+    seed: int,
+    temperature: float,
+    dtype: str = "float64",
+    learnable: bool = False,
+) -> dict[str, Any]:
+    """``fn(query_features, protos, temperature)``; with ``learnable`` the temperature is a
+    0-d tensor that requires gradients, and the gradient of ``sum(logits * v)`` (seeded ``v``)
+    with respect to it is returned too (``None`` when the logits do not depend on it)."""
+    q = proto_features((tasks, queries, dim), seed, dtype)
+    c = proto_features((tasks, n_way, dim), seed + 1, dtype)
+    t: Any = temperature
+    if learnable:
+        t = torch.tensor(temperature, dtype=getattr(torch, dtype), requires_grad=True)
+    with torch.random.fork_rng(devices=[]):
+        out = fn(q, c, t)
+    result: dict[str, Any] = {"logits": plain(out), "temperature_grad": None}
+    if learnable and isinstance(out, torch.Tensor) and out.requires_grad:
+        v = proto_features(tuple(out.shape), seed + 2, dtype) if out.dim() else torch.ones(())
+        (grad,) = torch.autograd.grad((out * v.to(out.dtype)).sum(), [t], allow_unused=True)
+        result["temperature_grad"] = None if grad is None else grad.detach()
+    return result
+
+
+def protonet_encoder(
+    kind: str, seed: int, hidden: int = 8, image_size: int = 16, dtype: str = "float64"
+) -> nn.Module:
+    """``(B, 1, S, S) -> (B, D)``: a tiny Conv4 body (batch-statistics norm, so batching
+    matters) or a two-layer perceptron on the pixels (each image on its own)."""
+    if kind == "conv4":
+        return tiny_conv4(seed, 1, hidden, image_size, dtype).body
+    if kind != "mlp":
+        raise ValueError(f"unknown encoder kind {kind!r}; use conv4 or mlp")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(image_size * image_size, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+        )
+    return net.to(getattr(torch, dtype))
+
+
+def protonet_episode(
+    tasks: int,
+    n_way: int,
+    k_shot: int,
+    q_queries: int,
+    seed: int,
+    image_size: int = 16,
+    dtype: str = "float64",
+) -> Episode:
+    """A seeded batch of image tasks: each class a random template plus noise, labels shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    size = (1, image_size, image_size)
+    templates = torch.rand((tasks, n_way, *size), generator=g, dtype=torch.float64)
+    parts = []
+    for per in (k_shot, q_queries):
+        y = proto_labels(tasks, [per] * n_way, seed + len(parts) + 1)
+        x = templates[torch.arange(tasks)[:, None], y]  # (T, N*per, 1, S, S)
+        x = x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        parts += [x.to(getattr(torch, dtype)), y]
+    classes = torch.stack([torch.randperm(50, generator=g)[:n_way] for _ in range(tasks)])
+    return Episode(*parts, classes=classes)
+
+
+def protonet_loss(
+    fn: Callable[..., Any], encoder: dict[str, Any], episode: dict[str, Any]
+) -> dict[str, Any]:
+    """``fn(encoder, episode) -> (loss, acc)``; with the gradient of the loss with respect to
+    the encoder's parameters (``None`` when the loss carries no graph), and whether the encoder
+    changed."""
+    net, ep = protonet_encoder(**encoder), protonet_episode(**episode)
+    before = _state(net)
+    with torch.random.fork_rng(devices=[]):
+        out = fn(net, ep)
+    result: dict[str, Any] = {
+        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items())
+    }
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        what = f"a {type(out).__name__}" + (
+            f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""
+        )
+        return {**result, "problem": f"it returned {what}; return a pair (loss, acc)"}
+    loss, acc = out
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        return {**result, "problem": f"the loss should be a scalar tensor (0-d), got {got}"}
+    result.update(loss=plain(loss), acc=plain(acc), grads=None)
+    if loss.requires_grad:
+        named = dict(net.named_parameters())
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+        result["grads"] = {
+            k: torch.zeros_like(p) if g is None else g.detach()
+            for (k, p), g in zip(named.items(), grads, strict=True)
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# 03_blackbox: label-conditioned tokens, the LSTM learner's forward pass, the attention mask,
+# classifier weights predicted from activations. Features as in 04_protonet (proto_features).
+
+
+def blackbox_features(
+    tasks: int, n_way: int, k_shot: int, queries: int, dim: int, seed: int, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support features ``(T, N*K, D)``, shuffled labels ``(T, N*K)``, query features
+    ``(T, P, D)``."""
+    sf, sy = proto_support(tasks, [k_shot] * n_way, dim, seed, dtype)
+    return sf, sy, proto_features((tasks, queries, dim), seed + 2, dtype)
+
+
+def blackbox_tokens(
+    fn: Callable[..., Any],
+    tasks: int,
+    n_way: int,
+    k_shot: int,
+    queries: int,
+    dim: int,
+    n_slots: int,
+    seed: int,
+    dtype: str = "float64",
+) -> dict[str, Any]:
+    """``fn(support_features, support_y, query_features, n_slots)``; also reports whether the
+    inputs changed."""
+    inputs = blackbox_features(tasks, n_way, k_shot, queries, dim, seed, dtype)
+    keep = [t.clone() for t in inputs]
+    with torch.random.fork_rng(devices=[]):
+        out = fn(*inputs, n_slots)
+    changed = not all(torch.equal(a, b) for a, b in zip(inputs, keep, strict=True))
+    return {"out": plain(out), "inputs_changed": changed}
+
+
+def output_grads(out: Any, net: nn.Module, seed: int) -> dict[str, torch.Tensor] | None:
+    """The gradient of ``sum(out * v)`` (``v`` seeded, like :func:`proto_features`) with respect
+    to each parameter of ``net``, zeros where unused; ``None`` when ``out`` carries no graph."""
+    if not isinstance(out, torch.Tensor) or not out.requires_grad or not out.is_floating_point():
+        return None
+    dtype = str(out.dtype).removeprefix("torch.")
+    v = proto_features(tuple(out.shape), seed, dtype) if out.dim() else torch.ones_like(out)
+    named = dict(net.named_parameters())
+    grads = torch.autograd.grad((out * v).sum(), list(named.values()), allow_unused=True)
+    return {
+        k: torch.zeros_like(p) if g is None else g.detach()
+        for (k, p), g in zip(named.items(), grads, strict=True)
+    }
+
+
+def blackbox_learner(
+    kind: str, dim: int, n_slots: int, hidden: int, layers: int, seed: int, dtype: str
+) -> nn.Module:
+    """A :class:`~metalib.blackbox.SequenceLearner` whose weights depend only on ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = SequenceLearner(dim, n_slots, kind, hidden=hidden, layers=layers, heads=2)
+    return net.to(getattr(torch, dtype))
+
+
+def blackbox_lstm(
+    fn: Callable[..., Any],
+    tasks: int,
+    n_way: int,
+    k_shot: int,
+    queries: int,
+    dim: int,
+    n_slots: int,
+    hidden: int,
+    layers: int,
+    seed: int,
+    dtype: str = "float64",
+) -> dict[str, Any]:
+    """``fn(lstm, head, support_tokens, query_tokens)`` with the LSTM learner of
+    :func:`blackbox_learner`; returns the logits, the gradient of ``sum(logits * v)`` (seeded
+    ``v``) with respect to the learner's weights (``None`` without a graph), and whether the
+    weights changed."""
+    net = blackbox_learner("lstm", dim, n_slots, hidden, layers, seed, dtype)
+    sf, sy, qf = blackbox_features(tasks, n_way, k_shot, queries, dim, seed + 10, dtype)
+    support, query = label_sequence(sf, sy, n_slots), query_tokens(qf, n_slots)
+    before = _state(net)
+    with torch.random.fork_rng(devices=[]):
+        out = fn(net.lstm, net.head, support, query)
+    result: dict[str, Any] = {
+        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items()),
+        "logits": plain(out),
+        "grads": output_grads(out, net, seed + 20),
+    }
+    return result
+
+
+def blackbox_phi(kind: str, dim: int, seed: int, dtype: str) -> nn.Module:
+    """φ of the weight predictor: ``nn.Linear(D, D)`` near the identity, or a small ReLU MLP."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "linear":
+            phi: nn.Module = nn.Linear(dim, dim)
+            with torch.no_grad():
+                phi.weight.add_(torch.eye(dim))
+        elif kind == "mlp":
+            phi = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+        else:
+            raise ValueError(f"unknown phi kind {kind!r}; use linear or mlp")
+    return phi.to(getattr(torch, dtype))
+
+
+def blackbox_weights(
+    fn: Callable[..., Any],
+    tasks: int,
+    n_way: int,
+    k_shot: int,
+    queries: int,
+    dim: int,
+    phi: str,
+    scale: float,
+    seed: int,
+    dtype: str = "float64",
+) -> dict[str, Any]:
+    """``fn(phi, support_features, support_y, query_features, n_way, scale)``; returns the
+    logits, the gradient of ``sum(logits * v)`` (seeded ``v``) with respect to φ's weights
+    (``None`` without a graph), and whether φ changed."""
+    net = blackbox_phi(phi, dim, seed, dtype)
+    sf, sy, qf = blackbox_features(tasks, n_way, k_shot, queries, dim, seed + 10, dtype)
+    before = _state(net)
+    with torch.random.fork_rng(devices=[]):
+        out = fn(net, sf, sy, qf, n_way, scale)
+    result: dict[str, Any] = {
+        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items()),
+        "logits": plain(out),
+        "grads": output_grads(out, net, seed + 20),
+    }
+    return result

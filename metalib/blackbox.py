@@ -1,0 +1,234 @@
+"""Black-box meta-learners: a sequence model reads the labelled support set and labels queries.
+
+A black-box learner does not fit any weight at test time. A network f_θ reads the training set
+of a task as a sequence of (input, label) pairs and answers each query, y = f_θ(D_tr, x): its
+hidden state plays the part of the task parameters φ_i = f_θ(D_tr), and it need not output all
+of them, only the sufficient statistics the queries need (MANN: Santoro et al., 2016,
+"Meta-Learning with Memory-Augmented Neural Networks"; SNAIL: Mishra et al., 2018, "A Simple
+Neural Attentive Meta-Learner"). Each support image becomes a *token*, its embedding
+concatenated with the one-hot of its label (:func:`label_sequence`); a query's token carries
+zeros where the label would be (:func:`query_tokens`).
+
+Two architectures for f_θ (:class:`SequenceLearner`):
+
+* ``"lstm"`` reads the support tokens in order, then takes each query as one more step from the
+  final state, all queries in parallel from that same state: queries never see each other, and
+  the cost is O(S + P). The answer depends on the order of the support set.
+* ``"attention"``: a transformer encoder without positional encoding over [support; queries],
+  masked so that support tokens attend to the support only and each query to the support and
+  itself. Its answers are invariant to the order of the support set, by construction.
+
+Neither is equivariant to relabelling the classes by construction (the label enters as a
+one-hot, the answer leaves through a fixed head); meta-training on randomly relabelled episodes
+(:func:`metalib.tasks.sample_episodes` shuffles labels) teaches it. :class:`BlackBoxClassifier`
+puts an image encoder in front and is an *episodic classifier* trained end to end with
+:func:`metalib.train.episode_loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalib.nets import embed_tasks
+
+KINDS = ("lstm", "attention")
+
+
+def label_sequence(
+    support_features: torch.Tensor, support_y: torch.Tensor, n_slots: int
+) -> torch.Tensor:
+    """The support set as tokens: each embedding followed by the one-hot of its label.
+
+    Args:
+        support_features: ``(T, S, D)`` embeddings of the support items.
+        support_y: ``(T, S)`` long labels in ``0..n_slots-1``.
+        n_slots: the width of the one-hot code (the most classes the learner can tell apart).
+
+    Returns:
+        ``(T, S, D + n_slots)`` tokens, in the features' dtype.
+    """
+    if n_slots < 1:
+        raise ValueError(f"n_slots must be at least 1, got {n_slots}")
+    if support_features.dim() != 3:
+        raise ValueError(
+            f"support_features must be (T, S, D), got shape {tuple(support_features.shape)}; "
+            "add a task axis with .unsqueeze(0)"
+        )
+    if support_y.shape != support_features.shape[:2]:
+        raise ValueError(
+            f"support_y must be (T, S) = {tuple(support_features.shape[:2])}, got "
+            f"{tuple(support_y.shape)}"
+        )
+    if support_y.dtype != torch.long:
+        raise ValueError(f"support_y must hold long labels, got dtype {support_y.dtype}")
+    if support_y.numel() and (support_y.min() < 0 or support_y.max() >= n_slots):
+        raise ValueError(
+            f"support labels must lie in 0..{n_slots - 1} (n_slots={n_slots}), got values from "
+            f"{support_y.min().item()} to {support_y.max().item()}; relabel the classes 0..N-1 "
+            "or use more slots"
+        )
+    one_hot = F.one_hot(support_y, n_slots).to(support_features.dtype)
+    return torch.cat([support_features, one_hot], dim=-1)
+
+
+def query_tokens(query_features: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """The queries as tokens: each embedding followed by ``n_slots`` zeros (label unknown).
+
+    Args:
+        query_features: ``(T, P, D)`` embeddings of the queries.
+        n_slots: the width of the label code, as in :func:`label_sequence`.
+
+    Returns:
+        ``(T, P, D + n_slots)`` tokens.
+    """
+    if n_slots < 1:
+        raise ValueError(f"n_slots must be at least 1, got {n_slots}")
+    if query_features.dim() != 3:
+        raise ValueError(
+            f"query_features must be (T, P, D), got shape {tuple(query_features.shape)}; "
+            "add a task axis with .unsqueeze(0)"
+        )
+    zeros = query_features.new_zeros(*query_features.shape[:2], n_slots)
+    return torch.cat([query_features, zeros], dim=-1)
+
+
+def attention_mask(
+    n_support: int, n_query: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Which token may not attend to which, over the sequence [support; queries].
+
+    Returns:
+        ``(S + P, S + P)`` bool, ``True`` where attention is blocked (PyTorch's convention):
+        every token sees all support tokens; a query also sees itself and no other query.
+    """
+    n = n_support + n_query
+    allowed = torch.zeros(n, n, dtype=torch.bool, device=device)
+    allowed[:, :n_support] = True
+    allowed.diagonal()[n_support:] = True
+    return ~allowed
+
+
+class SequenceLearner(nn.Module):
+    """f_θ(D_tr, x): logits of each query from the labelled support set, as a sequence model.
+
+    Args:
+        feature_dim: D, the size of the embeddings it reads.
+        n_slots: the one-hot width and the number of outputs (N-way tasks need N <= n_slots).
+        kind: ``"lstm"`` or ``"attention"`` (see the module docstring).
+        hidden: the LSTM's state size, or the transformer's model width.
+        layers: stacked LSTM layers, or transformer encoder layers.
+        heads: attention heads (``"attention"`` only; must divide ``hidden``).
+        dropout: dropout inside the LSTM stack or the transformer. 0 by default: forward
+            passes stay deterministic (the tests compare outputs), and meta-training draws
+            fresh tasks at every step, so there is little to regularise.
+
+    The defaults (128 wide, 2 layers, 4 heads) fit Conv4-32/64 embeddings of 5-way 1-shot
+    Glyphs: a few hundred thousand weights, small next to the encoder's cost per episode.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_slots: int = 5,
+        kind: str = "lstm",
+        hidden: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+        for name, value in (("feature_dim", feature_dim), ("n_slots", n_slots)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if hidden < 1 or layers < 1:
+            raise ValueError(f"hidden and layers must be at least 1, got {hidden} and {layers}")
+        if kind == "attention" and (heads < 1 or hidden % heads):
+            raise ValueError(f"heads ({heads}) must be at least 1 and divide hidden ({hidden})")
+        self.feature_dim, self.n_slots, self.kind = feature_dim, n_slots, kind
+        width = feature_dim + n_slots
+        if kind == "lstm":
+            self.lstm = nn.LSTM(width, hidden, layers, batch_first=True, dropout=dropout)
+        else:
+            self.embed = nn.Linear(width, hidden)
+            layer = nn.TransformerEncoderLayer(
+                hidden, heads, dim_feedforward=2 * hidden, dropout=dropout, batch_first=True
+            )
+            # no nested tensors: they only pay off with padding masks, and warn with ours
+            self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(hidden, n_slots)
+
+    def forward(
+        self, support_features: torch.Tensor, support_y: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``(T, P, n_slots)`` of queries ``(T, P, D)`` given a labelled support set.
+
+        Args:
+            support_features: ``(T, S, D)``; support_y: ``(T, S)`` long labels in
+            ``0..n_slots-1``; query_features: ``(T, P, D)``.
+        """
+        support = label_sequence(support_features, support_y, self.n_slots)  # (T, S, D + n)
+        queries = query_tokens(query_features, self.n_slots)  # (T, P, D + n)
+        if support.shape[-1] != self.feature_dim + self.n_slots or (
+            queries.shape[-1] != support.shape[-1] or queries.shape[0] != support.shape[0]
+        ):
+            raise ValueError(
+                f"expected support (T, S, {self.feature_dim}) and queries (T, P, "
+                f"{self.feature_dim}) with the same T, got {tuple(support_features.shape)} and "
+                f"{tuple(query_features.shape)}; build the learner with the encoder's feature_dim"
+            )
+        t, p = queries.shape[:2]
+        if self.kind == "lstm":
+            _, (h, c) = self.lstm(support)  # (layers, T, hidden) each
+            # one more step per query from the same final state: (layers, T * P, hidden)
+            h = h.unsqueeze(2).expand(-1, -1, p, -1).reshape(h.shape[0], t * p, -1)
+            c = c.unsqueeze(2).expand(-1, -1, p, -1).reshape(c.shape[0], t * p, -1)
+            out, _ = self.lstm(queries.reshape(t * p, 1, -1), (h.contiguous(), c.contiguous()))
+            return self.head(out.reshape(t, p, -1))
+        s = support.shape[1]
+        mask = attention_mask(s, p, device=support.device)
+        out = self.transformer(self.embed(torch.cat([support, queries], dim=1)), mask=mask)
+        return self.head(out[:, s:])
+
+
+class BlackBoxClassifier(nn.Module):
+    """An episodic classifier: an image encoder, then a :class:`SequenceLearner` over its features.
+
+    Args:
+        encoder: ``(B, C, H, W) -> (B, D)``, e.g. ``Conv4(hidden=64).body``; trained with the
+            learner, end to end.
+        learner: a :class:`SequenceLearner` built with ``feature_dim = D``.
+
+    Example:
+        >>> enc = Conv4(hidden=32).body
+        >>> net = BlackBoxClassifier(enc, SequenceLearner(32, n_slots=5, kind="attention"))
+        >>> net(ep.support_x, ep.support_y, ep.query_x, ep.n_way).shape  # doctest: +SKIP
+        torch.Size([T, N*Q, N])
+    """
+
+    def __init__(self, encoder: nn.Module, learner: SequenceLearner) -> None:
+        super().__init__()
+        if not isinstance(learner, SequenceLearner):
+            raise ValueError(f"learner must be a SequenceLearner, got {type(learner).__name__}")
+        self.encoder, self.learner = encoder, learner
+
+    def forward(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+    ) -> torch.Tensor:
+        """Logits ``(T, P, N)`` of the queries ``(T, P, C, H, W)`` given the support set."""
+        n_slots = self.learner.n_slots
+        if not 1 <= n_way <= n_slots:
+            raise ValueError(
+                f"n_way must lie in 1..{n_slots}, got {n_way}; a learner built with "
+                f"n_slots={n_slots} tells at most {n_slots} classes apart: build it with more slots"
+            )
+        if support_y.numel() and (support_y.min() < 0 or support_y.max() >= n_way):
+            raise ValueError(
+                f"support labels must lie in 0..{n_way - 1} for a {n_way}-way task, got values "
+                f"from {support_y.min().item()} to {support_y.max().item()}"
+            )
+        sf, qf = embed_tasks(self.encoder, support_x, query_x)
+        return self.learner(sf, support_y, qf)[..., :n_way]

@@ -1,0 +1,183 @@
+"""Non-parametric few-shot learners: pixel nearest neighbour and prototypical networks.
+
+A non-parametric learner does not adapt any weight to a new task: it compares each query with
+the support set in some space, with some distance. The simplest choice is the pixels themselves
+and the Euclidean distance (:func:`pixel_nearest_neighbour`). Prototypical networks (Snell et al.,
+2017, "Prototypical Networks for Few-shot Learning") learn the space instead: an encoder
+f_θ maps images to embeddings, each class's *prototype* is the mean embedding of its support
+images,
+
+    c_n = (1 / K) Σ_{(x, y) ∈ D_tr, y = n} f_θ(x),
+
+and a query is classified by a softmax over negative distances to the prototypes,
+p(y = n | x) ∝ exp(−d(f_θ(x), c_n)), with d the squared Euclidean distance or a scaled cosine
+distance (Chen et al., 2019; Oreshkin et al., 2018 for the learned temperature). Meta-training
+minimises the cross-entropy of the query labels over episodes. Adapting to a task costs one
+forward pass: nothing is fitted at test time.
+
+The functions are stateless (:func:`prototypes`, :func:`logits`); :class:`ProtoNet` holds only the
+encoder and the temperature, and is an *episodic classifier* (``model(support_x, support_y,
+query_x, n_way) -> logits``), trained and scored with :func:`metalib.train.episode_loss` and
+:func:`metalib.train.episode_accuracy_fn`. BatchNorm in the encoder uses batch statistics (as in
+chapter 2): :func:`metalib.nets.embed_tasks` normalises each task's support and query images
+together, one batch per task.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalib.nets import embed_tasks
+from metalib.tasks import Episode
+
+METRICS = ("euclidean", "cosine")
+
+
+def _check_support(support_features: torch.Tensor, support_y: torch.Tensor, n_way: int) -> None:
+    if support_features.dim() != 3:
+        raise ValueError(
+            f"support_features must be (T, N*K, D), got shape {tuple(support_features.shape)}; "
+            "add a task axis with .unsqueeze(0)"
+        )
+    if support_y.shape != support_features.shape[:2]:
+        raise ValueError(
+            f"support_y must be (T, N*K) = {tuple(support_features.shape[:2])}, got "
+            f"{tuple(support_y.shape)}"
+        )
+    if support_y.dtype != torch.long:
+        raise ValueError(f"support_y must hold long labels 0..N-1, got dtype {support_y.dtype}")
+    if n_way < 1:
+        raise ValueError(f"n_way must be at least 1, got {n_way}")
+    if support_y.numel() and (support_y.min() < 0 or support_y.max() >= n_way):
+        raise ValueError(
+            f"support labels must lie in 0..{n_way - 1}, got values from {support_y.min().item()} "
+            f"to {support_y.max().item()}; relabel the task's classes 0..N-1"
+        )
+
+
+def prototypes(support_features: torch.Tensor, support_y: torch.Tensor, n_way: int) -> torch.Tensor:
+    """The mean embedding of each class's support examples (Snell et al., 2017, eq. 1).
+
+    Args:
+        support_features: ``(T, N*K, D)`` embeddings of the support set.
+        support_y: ``(T, N*K)`` long labels in ``0..N-1``; every class needs at least one example.
+        n_way: N, the number of classes.
+
+    Returns:
+        ``(T, N, D)`` prototypes; ``[t, n]`` is the mean of task t's class-n embeddings.
+    """
+    _check_support(support_features, support_y, n_way)
+    one_hot = F.one_hot(support_y, n_way).to(support_features.dtype)  # (T, N*K, N)
+    counts = one_hot.sum(dim=1)  # (T, N)
+    if (counts == 0).any():
+        t, n = (counts == 0).nonzero()[0].tolist()
+        raise ValueError(
+            f"class {n} of task {t} has no support example; every class needs at least one shot"
+        )
+    sums = one_hot.transpose(1, 2) @ support_features  # (T, N, D)
+    return sums / counts.unsqueeze(-1)
+
+
+def logits(
+    query_features: torch.Tensor,
+    protos: torch.Tensor,
+    metric: str = "euclidean",
+    temperature: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """Scores of each query for each class: the negative distance to its prototype, scaled.
+
+    Args:
+        query_features: ``(T, P, D)`` embeddings of the queries.
+        protos: ``(T, N, D)`` class prototypes.
+        metric: ``"euclidean"``: ``-temperature * ||q - c||^2`` (Snell et al., 2017, squared
+            distance); ``"cosine"``: ``temperature * cos(q, c)`` (cosine similarity in [-1, 1],
+            which needs a temperature of about 10 to give a confident softmax).
+        temperature: a positive scale, a float or a one-element tensor (learnable).
+
+    Returns:
+        ``(T, P, N)`` logits: ``softmax`` over the last axis is p(y = n | x).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    if query_features.dim() != 3 or protos.dim() != 3:
+        raise ValueError(
+            f"query_features (T, P, D) and protos (T, N, D) must be 3-D, got "
+            f"{tuple(query_features.shape)} and {tuple(protos.shape)}"
+        )
+    if query_features.shape[0] != protos.shape[0] or query_features.shape[2] != protos.shape[2]:
+        raise ValueError(
+            f"query_features {tuple(query_features.shape)} and protos {tuple(protos.shape)} "
+            "must agree on the number of tasks T and the embedding size D"
+        )
+    if metric == "euclidean":
+        # ||q||^2 - 2 q.c + ||c||^2 computed directly (cdist's matmul shortcut is less exact)
+        scores = -(query_features.unsqueeze(2) - protos.unsqueeze(1)).square().sum(-1)
+    else:
+        scores = F.normalize(query_features, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
+    return temperature * scores
+
+
+class ProtoNet(nn.Module):
+    """A prototypical network: an encoder, a metric and a temperature (fixed or learned).
+
+    Args:
+        encoder: ``(B, C, H, W) -> (B, D)``, e.g. ``Conv4(hidden=64).body``.
+        metric: ``"euclidean"`` or ``"cosine"``.
+        temperature: initial scale of the logits (1 for Euclidean, ~10 for cosine).
+        learn_temperature: make the temperature a parameter (stored as its logarithm, so it
+            stays positive).
+
+    Example:
+        >>> net = ProtoNet(Conv4().body)
+        >>> net(ep.support_x, ep.support_y, ep.query_x, ep.n_way).shape  # doctest: +SKIP
+        torch.Size([T, N*Q, N])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        metric: str = "euclidean",
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+    ) -> None:
+        super().__init__()
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.encoder, self.metric = encoder, metric
+        log_t = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The current scale of the logits (a 0-d tensor)."""
+        return self.log_temperature.exp()
+
+    def forward(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+    ) -> torch.Tensor:
+        """Logits ``(T, P, N)`` of the queries ``(T, P, C, H, W)`` given the support set."""
+        sf, qf = embed_tasks(self.encoder, support_x, query_x)
+        return logits(qf, prototypes(sf, support_y, n_way), self.metric, self.temperature)
+
+
+def pixel_nearest_neighbour(episode: Episode) -> torch.Tensor:
+    """Classify each query as the label of its nearest support image in pixel space (ℓ2).
+
+    The no-learning baseline of the non-parametric family: no training, no embedding.
+
+    Returns:
+        ``(T, P)`` long predicted labels for the queries of ``episode``.
+    """
+    s = episode.support_x.flatten(2)  # (T, S, pixels)
+    q = episode.query_x.flatten(2)  # (T, P, pixels)
+    d = (q.unsqueeze(2) - s.unsqueeze(1)).square().sum(-1)  # (T, P, S)
+    return episode.support_y.gather(1, d.argmin(-1))
