@@ -110,6 +110,40 @@ def attention_mask(
     return ~allowed
 
 
+def spread_labels(
+    support_y: torch.Tensor,
+    query_y: torch.Tensor,
+    n_way: int,
+    n_slots: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each task's labels 0..N-1 to N random slots out of ``n_slots`` (same map for both sets).
+
+    Training N-way tasks on spread labels trains every slot of the one-hot code and the output
+    head, so a learner built with ``n_slots > N`` can be tested on tasks of up to ``n_slots``
+    ways (on labels 0..n_slots-1) that it never saw in training.
+
+    Args:
+        support_y: ``(T, S)``; query_y: ``(T, P)`` long labels in ``0..n_way-1``.
+        n_way, n_slots: N, and the number of slots (at least N).
+        generator: draws the slots.
+
+    Returns:
+        The relabelled ``(support_y, query_y)``, labels in ``0..n_slots-1``.
+    """
+    if n_slots < n_way:
+        raise ValueError(f"n_slots ({n_slots}) must be at least n_way ({n_way})")
+    if support_y.dim() != 2 or query_y.dim() != 2 or support_y.shape[0] != query_y.shape[0]:
+        raise ValueError(
+            f"support_y (T, S) and query_y (T, P) must be 2-D with the same T, got "
+            f"{tuple(support_y.shape)} and {tuple(query_y.shape)}"
+        )
+    t = support_y.shape[0]
+    slots = torch.rand(t, n_slots, generator=generator).argsort(dim=1)[:, :n_way]
+    slots = slots.to(support_y.device)
+    return slots.gather(1, support_y), slots.gather(1, query_y)
+
+
 class SequenceLearner(nn.Module):
     """f_θ(D_tr, x): logits of each query from the labelled support set, as a sequence model.
 

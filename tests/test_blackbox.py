@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metalib import blackbox
 from metalib.blackbox import (
     BlackBoxClassifier,
     SequenceLearner,
@@ -203,3 +204,25 @@ def test_blackbox_classifier_errors():
         net(ep.support_x, ep.support_y, ep.query_x, 2)
     with pytest.raises(ValueError, match="learner must be a SequenceLearner"):
         BlackBoxClassifier(Conv4(hidden=8).body, torch.nn.LSTM(8, 8))
+
+
+def test_spread_labels_is_one_random_injective_map_per_task(generator):
+    support_y = torch.tensor([[0, 1, 2, 0], [2, 1, 0, 1]])
+    query_y = torch.tensor([[2, 2, 1], [0, 0, 2]])
+    s, q = blackbox.spread_labels(support_y, query_y, 3, 10, generator)
+    for t in range(2):
+        slot = {}
+        for old, new in zip(
+            torch.cat([support_y[t], query_y[t]]), torch.cat([s[t], q[t]]), strict=True
+        ):
+            assert slot.setdefault(old.item(), new.item()) == new.item()  # one map per task
+        assert len(set(slot.values())) == 3 and max(slot.values()) < 10  # injective, in range
+    firsts = {
+        blackbox.spread_labels(support_y, query_y, 3, 10, generator)[0][0, 0].item()
+        for _ in range(30)
+    }
+    assert len(firsts) > 3  # the slots are random
+    with pytest.raises(ValueError, match="at least n_way"):
+        blackbox.spread_labels(support_y, query_y, 3, 2)
+    with pytest.raises(ValueError, match="same T"):
+        blackbox.spread_labels(support_y, query_y[:1], 3, 5)
