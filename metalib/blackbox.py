@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalib.nets import embed_tasks
+from metalib.tasks import check_labelled
 
 KINDS = ("lstm", "attention")
 
@@ -49,26 +50,7 @@ def label_sequence(
     Returns:
         ``(T, S, D + n_slots)`` tokens, in the features' dtype.
     """
-    if n_slots < 1:
-        raise ValueError(f"n_slots must be at least 1, got {n_slots}")
-    if support_features.dim() != 3:
-        raise ValueError(
-            f"support_features must be (T, S, D), got shape {tuple(support_features.shape)}; "
-            "add a task axis with .unsqueeze(0)"
-        )
-    if support_y.shape != support_features.shape[:2]:
-        raise ValueError(
-            f"support_y must be (T, S) = {tuple(support_features.shape[:2])}, got "
-            f"{tuple(support_y.shape)}"
-        )
-    if support_y.dtype != torch.long:
-        raise ValueError(f"support_y must hold long labels, got dtype {support_y.dtype}")
-    if support_y.numel() and (support_y.min() < 0 or support_y.max() >= n_slots):
-        raise ValueError(
-            f"support labels must lie in 0..{n_slots - 1} (n_slots={n_slots}), got values from "
-            f"{support_y.min().item()} to {support_y.max().item()}; relabel the classes 0..N-1 "
-            "or use more slots"
-        )
+    check_labelled(support_features, support_y, n_slots, "n_slots", "S")
     one_hot = F.one_hot(support_y, n_slots).to(support_features.dtype)
     return torch.cat([support_features, one_hot], dim=-1)
 

@@ -32,31 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalib.nets import embed_tasks
-from metalib.tasks import Episode
+from metalib.tasks import Episode, check_labelled
 
 METRICS = ("euclidean", "cosine")
-
-
-def _check_support(support_features: torch.Tensor, support_y: torch.Tensor, n_way: int) -> None:
-    if support_features.dim() != 3:
-        raise ValueError(
-            f"support_features must be (T, N*K, D), got shape {tuple(support_features.shape)}; "
-            "add a task axis with .unsqueeze(0)"
-        )
-    if support_y.shape != support_features.shape[:2]:
-        raise ValueError(
-            f"support_y must be (T, N*K) = {tuple(support_features.shape[:2])}, got "
-            f"{tuple(support_y.shape)}"
-        )
-    if support_y.dtype != torch.long:
-        raise ValueError(f"support_y must hold long labels 0..N-1, got dtype {support_y.dtype}")
-    if n_way < 1:
-        raise ValueError(f"n_way must be at least 1, got {n_way}")
-    if support_y.numel() and (support_y.min() < 0 or support_y.max() >= n_way):
-        raise ValueError(
-            f"support labels must lie in 0..{n_way - 1}, got values from {support_y.min().item()} "
-            f"to {support_y.max().item()}; relabel the task's classes 0..N-1"
-        )
 
 
 def prototypes(support_features: torch.Tensor, support_y: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -70,7 +48,7 @@ def prototypes(support_features: torch.Tensor, support_y: torch.Tensor, n_way: i
     Returns:
         ``(T, N, D)`` prototypes; ``[t, n]`` is the mean of task t's class-n embeddings.
     """
-    _check_support(support_features, support_y, n_way)
+    check_labelled(support_features, support_y, n_way)
     one_hot = F.one_hot(support_y, n_way).to(support_features.dtype)  # (T, N*K, N)
     counts = one_hot.sum(dim=1)  # (T, N)
     if (counts == 0).any():

@@ -104,6 +104,42 @@ class Episode:
         )
 
 
+def check_labelled(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    name: str = "n_way",
+    items: str = "N*K",
+) -> None:
+    """Raise a ValueError unless ``features`` are ``(T, items, D)`` and ``labels`` ``(T, items)``
+    long labels in ``0..n_classes-1`` (a task's labelled set, as learners receive it).
+
+    Args:
+        name: what ``n_classes`` is called by the caller (``"n_way"``, ``"n_slots"``), for the
+            messages; items: how the caller names the item axis (``"N*K"``, ``"S"``).
+    """
+    if n_classes < 1:
+        raise ValueError(f"{name} must be at least 1, got {n_classes}")
+    if features.dim() != 3:
+        raise ValueError(
+            f"support_features must be (T, {items}, D), got shape {tuple(features.shape)}; "
+            "add a task axis with .unsqueeze(0)"
+        )
+    if labels.shape != features.shape[:2]:
+        raise ValueError(
+            f"support_y must be (T, {items}) = {tuple(features.shape[:2])}, got "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.dtype != torch.long:
+        raise ValueError(f"support_y must hold long labels 0..N-1, got dtype {labels.dtype}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"support labels must lie in 0..{n_classes - 1} ({name}={n_classes}), got values "
+            f"from {labels.min().item()} to {labels.max().item()}; relabel the task's classes "
+            "0..N-1" + (" or use more slots" if name == "n_slots" else "")
+        )
+
+
 def _check_sizes(
     n_classes: int,
     per_class: int,

@@ -203,6 +203,11 @@ def _state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in net.named_parameters()}
 
 
+def _changed(before: dict[str, torch.Tensor], net: nn.Module) -> bool:
+    """Whether a parameter of ``net`` differs from its copy in ``before`` (see :func:`_state`)."""
+    return any(not torch.equal(before[k], p) for k, p in _state(net).items())
+
+
 def _flags(net: nn.Module) -> dict[str, bool]:
     return {name: p.requires_grad for name, p in net.named_parameters()}
 
@@ -416,9 +421,7 @@ def inner_loop(
     params = maml_params(net, subset)
     with torch.random.fork_rng(devices=[]):
         out = fn(net, params, sx, sy, maml_loss(model), lr, steps)
-    result: dict[str, Any] = {
-        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items())
-    }
+    result: dict[str, Any] = {"model_changed": _changed(before, net)}
     problem = _tensor_dict(out, "the adapted weights")
     if problem:
         return {**result, "problem": problem}
@@ -455,9 +458,7 @@ def meta_gradient(
     params = maml_params(net, subset)
     with torch.random.fork_rng(devices=[]):
         out = fn(net, params, sx, sy, qx, qy, maml_loss(model), lr, steps)
-    result: dict[str, Any] = {
-        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items())
-    }
+    result: dict[str, Any] = {"model_changed": _changed(before, net)}
     problem = _tensor_dict(out, "the meta-gradient")
     return {**result, "problem": problem} if problem else {**result, "grads": plain(out)}
 
@@ -643,9 +644,7 @@ def protonet_loss(
     before = _state(net)
     with torch.random.fork_rng(devices=[]):
         out = fn(net, ep)
-    result: dict[str, Any] = {
-        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items())
-    }
+    result: dict[str, Any] = {"model_changed": _changed(before, net)}
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         what = f"a {type(out).__name__}" + (
             f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""
@@ -750,7 +749,7 @@ def blackbox_lstm(
     with torch.random.fork_rng(devices=[]):
         out = fn(net.lstm, net.head, support, query)
     result: dict[str, Any] = {
-        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items()),
+        "model_changed": _changed(before, net),
         "logits": plain(out),
         "grads": output_grads(out, net, seed + 20),
     }
@@ -793,7 +792,7 @@ def blackbox_weights(
     with torch.random.fork_rng(devices=[]):
         out = fn(net, sf, sy, qf, n_way, scale)
     result: dict[str, Any] = {
-        "model_changed": any(not torch.equal(before[k], p) for k, p in _state(net).items()),
+        "model_changed": _changed(before, net),
         "logits": plain(out),
         "grads": output_grads(out, net, seed + 20),
     }
