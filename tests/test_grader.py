@@ -28,8 +28,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from conftest import ROOT
 
+from conftest import ROOT
 from metalib.grading import __main__ as cli
 from metalib.grading import grader, launch, registry, scores
 from metalib.grading.spec import Case, Exercise, Question
@@ -87,6 +87,15 @@ HIDDEN = {{
 '''
 
 ADD = "def add(a, b):\n    return a + b"
+OPTIMIZER_USER = """
+import torch
+def add(a, b):
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.5)
+    (w - 1).square().sum().backward()
+    opt.step()
+    return a + b + 0 * w.detach()
+"""
 SCALE = "def scale(x, k):\n    return x * k"
 CORRECT = ("import torch", ADD, 'check("q1", add);', SCALE, 'check("q2", scale)')
 
@@ -224,6 +233,9 @@ def submissions(original_dir: Path, tests_dir: Path) -> dict[str, tuple[str, ...
             "def scale(x, k):\n    chunks = []\n    while True:\n"
             "        chunks.append(bytearray(200_000_000))",
         ),
+        # The first torch.optim optimizer imports torch._dynamo (and ctypes.wintypes) lazily:
+        # after the switch to an unprivileged user, from a Python the user cannot read.
+        "optimizer_user": (OPTIMIZER_USER, SCALE),
         "huge_output": ("for _ in range(50):\n    print('x' * 1_000_000)", ADD, SCALE),
         "deleter": (where + DELETER, ADD, SCALE),
         "reader": (where + READER, SCALE),
@@ -411,6 +423,7 @@ def test_batch_runs_to_the_end_and_exits_zero(batch):
         ("os_exit", 0.0, 0.0, "process ended while running cell 4 (exit 0)"),
         # On a loaded machine the hog may meet the check's time limit before the memory limit.
         ("memory_hog", 2.0, 0.0, ("raised MemoryError", "did not finish within")),
+        ("optimizer_user", 2.0, 1.0, None),
         ("huge_output", 2.0, 1.0, None),
         ("deleter", 2.0, 1.0, None),
         ("reader", 0.0, 1.0, "raised RuntimeError"),

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from conftest import ROOT
 
 TOOL = ROOT / "tools" / "make_exercises.py"
 _spec = importlib.util.spec_from_file_location("make_exercises", TOOL)

@@ -250,20 +250,33 @@ def reachable(path: str, uid: int) -> bool:
 
 
 def reroute_imports(uid: int) -> None:
-    """Point ``sys.path`` entries ``uid`` cannot reach at descriptors opened now, as root.
+    """Point import paths ``uid`` cannot reach at descriptors opened now, as root.
 
     ``/proc/self/fd/N`` resolves to the open directory without searching its parents again, so
-    a Python installed under ``/root`` (pyenv) keeps importing its standard library. The dataset
-    cache (``METALIB_CACHE``) is rerouted the same way.
+    a Python installed under ``/root`` (pyenv) keeps importing its standard library. Packages
+    imported already keep their own search path (``__path__``): a submodule imported later, such
+    as ``ctypes.wintypes`` when the first ``torch.optim`` optimizer loads ``torch._dynamo``, is
+    looked up there, so those paths are rerouted too. The dataset cache (``METALIB_CACHE``) is
+    rerouted the same way.
     """
     if not os.path.isdir("/proc/self/fd"):
         return
-    entries = []
+    moved: dict[str, str] = {}  # unreachable directory -> its descriptor's path
+
+    def reroute(entry: str) -> str:
+        for folder in sorted(moved, key=len, reverse=True):
+            if entry == folder or entry.startswith(folder + "/"):
+                return moved[folder] + entry[len(folder) :]
+        return entry
+
     for entry in sys.path:
         if entry and os.path.isdir(entry) and not reachable(entry, uid):
-            entry = f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}"
-        entries.append(entry)
-    sys.path[:] = entries
+            moved[entry] = f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}"
+    sys.path[:] = [reroute(entry) for entry in sys.path]
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):  # regular packages; namespace packages recompute theirs
+            search[:] = [reroute(entry) if isinstance(entry, str) else entry for entry in search]
     sys.path_importer_cache.clear()
     cache = os.environ.get("METALIB_CACHE", "")  # rendered datasets, read-only for the notebook
     if cache and os.path.isdir(cache) and not reachable(cache, uid):
