@@ -100,6 +100,11 @@ class Conv4(nn.Module):
         in_channels: channels of the input images (1 for every dataset here).
         hidden: channels of every block (64 in the papers).
         image_size: side of the square input images; at least 16 to survive four poolings.
+        norm: ``"batch"`` (the default) normalises every batch with its own statistics, in
+            training and evaluation alike (:class:`BatchStatNorm2d`); ``"running"`` uses
+            ``nn.BatchNorm2d``, which keeps running statistics in training and normalises with
+            them in ``eval()`` mode: the usual classifier, and the source model of test-time
+            adaptation (:mod:`metalib.tta`), whose BN adaptation swaps them for the test batch's.
 
     Example:
         >>> net = Conv4(n_classes=5)
@@ -108,7 +113,12 @@ class Conv4(nn.Module):
     """
 
     def __init__(
-        self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28
+        self,
+        n_classes: int = 5,
+        in_channels: int = 1,
+        hidden: int = 64,
+        image_size: int = 28,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         for name, value in (("n_classes", n_classes), ("in_channels", in_channels)):
@@ -121,13 +131,16 @@ class Conv4(nn.Module):
                 f"image_size {image_size} does not survive four 2x2 poolings; use images of "
                 "at least 16 x 16 pixels"
             )
+        norms = {"batch": BatchStatNorm2d, "running": nn.BatchNorm2d}
+        if norm not in norms:
+            raise ValueError(f"norm must be one of {tuple(norms)}, got {norm!r}")
         self.in_channels, self.image_size = in_channels, image_size
         blocks = []
         for i in range(4):
             blocks.append(
                 nn.Sequential(
                     nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
-                    BatchStatNorm2d(hidden),
+                    norms[norm](hidden),
                     nn.ReLU(),
                     nn.MaxPool2d(2),
                 )

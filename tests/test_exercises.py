@@ -21,15 +21,17 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
 from torch import nn
 
+from conftest import ROOT
 from metalib.grading import (
     ex00_tasks,
     ex01_finetuning,
     ex02_maml,
     ex03_blackbox,
     ex04_protonet,
+    ex05_learned_optimizers,
+    ex06_test_time_adaptation,
     probes,
 )
 from metalib.grading.feedback import evaluate_cases, run_case
@@ -943,4 +945,401 @@ def _tokens_by_eye(support_features, support_y, query_features, n_slots):
 def test_other_right_answers_to_03_pass_every_case(qname, fn):
     question = ex03_blackbox.EXERCISE.question(qname)
     verdict = evaluate_cases(question, all_cases("03_blackbox", question), fn)
+    assert verdict, str(verdict)
+
+
+# ------------------------------------------------------------------------ 05 and 06
+# Registered like 03 and 04 (monkeypatch) so the generic tests above keep their cases.
+
+EXERCISES_0506: dict[str, Exercise] = {
+    "05_learned_optimizers": ex05_learned_optimizers.EXERCISE,
+    "06_test_time_adaptation": ex06_test_time_adaptation.EXERCISE,
+}
+QUESTIONS_0506 = [(name, q.name) for name, ex in EXERCISES_0506.items() for q in ex.questions]
+
+
+@pytest.fixture
+def registered_0506(monkeypatch):
+    for name, exercise in EXERCISES_0506.items():
+        monkeypatch.setitem(EXERCISES, name, exercise)
+
+
+@pytest.mark.usefixtures("registered_0506")
+@pytest.mark.parametrize(("name", "qname"), QUESTIONS_0506)
+def test_0506_solution_passes_every_case_through_the_file_format(name, qname):
+    test_solution_passes_every_case(name, qname)
+    test_cases_and_outputs_survive_the_grader_file_format(name, qname)
+
+
+@pytest.mark.usefixtures("registered_0506")
+@pytest.mark.parametrize(("name", "qname"), QUESTIONS_0506)
+def test_0506_stub_and_refusal_score_nothing(name, qname):
+    test_a_stub_is_not_answered_yet(name, qname)
+    test_refusing_every_input_scores_nothing(name, qname)
+
+
+@pytest.mark.usefixtures("registered_0506")
+@pytest.mark.parametrize("name", list(EXERCISES_0506))
+def test_0506_hidden_cases_and_speed(name):
+    test_hidden_cases_name_existing_questions_and_probes(name)
+    test_every_case_of_an_exercise_runs_quickly(name)
+
+
+def _preprocess(variant: str):
+    def preprocess_gradients(grad, p=10.0):
+        if p <= 0 and variant != "no ValueError":
+            raise ValueError("p must be positive")
+        big = grad.abs() >= math.exp(-p)
+        if variant == "swapped":
+            big = ~big
+        log = grad.log() if variant == "no abs" else grad.abs().log()
+        first = torch.where(big, log if variant == "no /p" else log / p, -torch.ones_like(grad))
+        sign = torch.ones_like(grad) if variant == "no sign" else grad.sign()
+        small = grad if variant == "small g" else grad * math.exp(p)
+        return torch.stack([first, torch.where(big, sign, small)], 0 if variant == "dim 0" else -1)
+
+    return preprocess_gradients
+
+
+def _lstm_step(variant: str):
+    def lstm_step(cells, head, grad, state, p=10.0, output_scale=0.1):
+        x = solution("05_learned_optimizers")["preprocess_gradients"](grad, p)
+        if variant == "one input":
+            x = x.reshape(1, -1)  # the whole gradient as one row
+        elif variant == "interleaved":
+            x = x.reshape(2, -1).T  # (n, 2), but each row mixes two coordinates
+        elif variant == "raw":
+            x = grad[:, None]
+        if variant == "zero state":
+            state = [(torch.zeros_like(h), torch.zeros_like(c)) for h, c in state]
+        new = []
+        for i, (cell, (h, c)) in enumerate(zip(cells, state, strict=True)):
+            h, c = cell(x, (h, c))
+            new.append((c, h) if variant == "c, h" else (h, c))
+            if variant == "in place":
+                state[i] = (h, c)
+            x = h
+        update = head(x).squeeze(-1) * (1.0 if variant == "no scale" else output_scale)
+        if variant == "detached":
+            update = update.detach()
+        if variant == "no state":
+            return update
+        return update, state if variant == "old state" else new
+
+    return lstm_step
+
+
+def _meta_loss(variant: str):
+    def meta_loss(optimizer, W, y, theta0, steps):
+        def f(theta):
+            return ((W @ theta.unsqueeze(-1)).squeeze(-1) - y).square().sum(-1)
+
+        theta = theta0.detach().requires_grad_()
+        state = optimizer.initial_state(theta.numel(), theta)
+        losses = [f(theta)]
+        for _ in range(steps):
+            if variant == "theta detached":  # a leaf at every step cuts the path through θ
+                theta = theta.detach().requires_grad_()
+                losses[-1] = f(theta)
+            total = losses[-1].mean() if variant == "grad of mean" else losses[-1].sum()
+            second = variant == "second order"
+            (g,) = torch.autograd.grad(total, theta, retain_graph=True, create_graph=second)
+            if variant == "fresh state":
+                state = optimizer.initial_state(theta.numel(), theta)
+            update, state = optimizer(g.flatten(), state)
+            theta = (
+                theta - update.view_as(theta)
+                if variant == "minus"
+                else theta + update.view(theta.shape)
+            )
+            losses.append(f(theta))
+        L = torch.stack(losses)  # (T + 1, B)
+        out = {
+            "with theta0": L.sum(0).mean(),
+            "up to T-1": L[:-1].sum(0).mean(),
+            "final": L[-1].mean(),
+            "mean over steps": L[1:].mean(0).mean(),
+            "sum over problems": L[1:].sum(),
+        }.get(variant, L[1:].sum(0).mean())
+        return torch.tensor(out.item(), dtype=out.dtype) if variant == "item" else out
+
+    return meta_loss
+
+
+WRONG_05 = {
+    "log not divided by p": ("q1", _preprocess("no /p"), "not divided by p"),
+    "branches swapped": ("q1", _preprocess("swapped"), "branches are swapped"),
+    "sign dropped": ("q1", _preprocess("no sign"), "sign was dropped"),
+    "tiny gradients not scaled": ("q1", _preprocess("small g"), "scaled up"),
+    "log of g, not |g|": ("q1", _preprocess("no abs"), "compute |g| before the log"),
+    "stacked on the first axis": ("q1", _preprocess("dim 0"), "stack them on the last"),
+    "no ValueError for p = 0": ("q1", _preprocess("no ValueError"), "expected a ValueError"),
+    "the gradient as one input": ("q2", _lstm_step("one input"), "applied coordinate-wise"),
+    "coordinates mixed": ("q2", _lstm_step("interleaved"), "coordinates influence each other"),
+    "the raw gradient": ("q2", _lstm_step("raw"), "not the raw gradient"),
+    "no output scale": ("q2", _lstm_step("no scale"), "not multiplied by output_scale"),
+    "the state ignored": ("q2", _lstm_step("zero state"), "state passed in was ignored"),
+    "state not returned": ("q2", _lstm_step("no state"), "return a pair (update, new_state)"),
+    "old state returned": ("q2", _lstm_step("old state"), "is the old state"),
+    "(c, h) returned": ("q2", _lstm_step("c, h"), "is (c, h)"),
+    "state changed in place": ("q2", _lstm_step("in place"), "changed in place"),
+    "update detached": ("q2", _lstm_step("detached"), "no graph back to the cells"),
+    "θ0's loss counted": ("q3", _meta_loss("with theta0"), "f(θ_0) was counted"),
+    "losses of θ0..θ_{T-1}": ("q3", _meta_loss("up to T-1"), "the losses after each update"),
+    "only the final loss": ("q3", _meta_loss("final"), "only the last loss"),
+    "mean over steps": ("q3", _meta_loss("mean over steps"), "mean over the T steps"),
+    "sum over problems": ("q3", _meta_loss("sum over problems"), "sum over the B problems"),
+    "second-order meta-gradient": ("q3", _meta_loss("second order"), "second-order meta-grad"),
+    "θ detached every step": ("q3", _meta_loss("theta detached"), "θ_t was detached"),
+    "gradient of the mean loss": ("q3", _meta_loss("grad of mean"), "gradient of the mean"),
+    "update subtracted": ("q3", _meta_loss("minus"), "update was subtracted"),
+    "state reset every step": ("q3", _meta_loss("fresh state"), "zero state at every step"),
+    "meta-loss from .item()": ("q3", _meta_loss("item"), "no graph back to the optimizer"),
+}
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _entropy(variant: str):
+    def entropy(logits):
+        if variant == "softmax log":
+            p = logits.softmax(-1)
+            return -(p * p.log()).sum(-1)
+        log_p = logits.log_softmax(-1)
+        terms = log_p.exp() * log_p
+        out = {"no minus": terms.sum(-1), "batch sum": -terms.sum(), "mean": -terms.mean(-1)}
+        result = out.get(variant, -terms.sum(-1))
+        return result.detach() if variant == "detached" else result
+
+    return entropy
+
+
+def _tent_parameters(variant: str):
+    def tent_parameters(model):
+        if variant == "by name":  # Conv4 names its norms body.0.1, not bn
+            return [p for n, p in model.named_parameters() if "bn" in n]
+        if variant != "no freeze":
+            model.requires_grad_(False)
+        out = []
+        for m in model.modules():
+            if variant == "norms" and isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                out += [m.weight, m.bias]
+            if variant == "conv" and isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.requires_grad_(True)
+                out.append(m.weight)
+            kind = nn.BatchNorm2d if variant == "2d only" else _BN
+            if isinstance(m, kind) and m.affine:
+                if variant != "no unfreeze":
+                    m.requires_grad_(True)
+                out += [m.weight] if variant == "weight only" else [m.weight, m.bias]
+                if variant == "running":
+                    out += [m.running_mean, m.running_var]
+        return out
+
+    return tent_parameters
+
+
+def _tent_step(variant: str):
+    def tent_step(model, x, optimizer):
+        if variant == "eval":
+            model.eval()
+        if variant == "all params":  # its own optimizer, over every parameter
+            model.requires_grad_(True)
+            params = list(model.parameters())
+            optimizer = torch.optim.SGD(params, lr=optimizer.param_groups[0]["lr"])
+        logits = model(x)
+        h = solution("06_test_time_adaptation")["entropy"](logits)
+        loss = {"sum": h.sum(), "maximise": -h.mean()}.get(variant, h.mean())
+        if variant == "pseudo":
+            loss = F.cross_entropy(logits, logits.argmax(-1))
+        if variant != "no zero_grad":
+            optimizer.zero_grad()
+        loss.backward()
+        if variant != "no step":
+            optimizer.step()
+        return model(x).detach() if variant == "after" else logits.detach()
+
+    return tent_step
+
+
+def _rotation_loss(variant: str):
+    def rotation_loss(encoder, rotation_head, x):
+        dims = {"clockwise": (3, 2), "wrong axes": (1, 2)}.get(variant, (2, 3))
+        rotated = [torch.rot90(x, k, dims=dims) for k in range(4)]
+        labels = torch.arange(4).repeat_interleave(len(x))
+        if variant == "misaligned":
+            labels = torch.arange(4).repeat(len(x))
+        if variant == "apart":
+            logits = torch.cat([rotation_head(encoder(r)) for r in rotated])
+        else:
+            logits = rotation_head(encoder(torch.cat(rotated)))
+        if variant == "detached":
+            logits = logits.detach()
+        return F.cross_entropy(logits, labels, reduction="sum" if variant == "sum" else "mean")
+
+    return rotation_loss
+
+
+WRONG_06 = {
+    "no minus sign": ("q1", _entropy("no minus"), "minus sign is missing"),
+    "softmax then log": ("q1", _entropy("softmax log"), "log_softmax"),
+    "sum over the batch": ("q1", _entropy("batch sum"), "one entropy per row"),
+    "mean over classes": ("q1", _entropy("mean"), "mean over the"),
+    "entropy detached": ("q1", _entropy("detached"), "no gradient back to the logits"),
+    "running statistics returned": ("q2", _tent_parameters("running"), "a running statistic"),
+    "conv and linear weights": ("q2", _tent_parameters("conv"), "updates only the batch norm"),
+    "nothing frozen": ("q2", _tent_parameters("no freeze"), "still requires gradients"),
+    "BN left frozen": ("q2", _tent_parameters("no unfreeze"), "does not require gradients"),
+    "BatchNorm2d only": ("q2", _tent_parameters("2d only"), "nn.modules.batchnorm._BatchNorm"),
+    "LayerNorm and GroupNorm too": ("q2", _tent_parameters("norms"), "is not batch norm"),
+    "scales only": ("q2", _tent_parameters("weight only"), "the shift β is bias"),
+    "parameters found by name": ("q2", _tent_parameters("by name"), "are missing"),
+    "running statistics used": ("q3", _tent_step("eval"), "running statistics (model.eval())"),
+    "logits after the update": ("q3", _tent_step("after"), "logits after the update"),
+    "every parameter updated": ("q3", _tent_step("all params"), "not a BN scale or shift"),
+    "entropies summed": ("q3", _tent_step("sum"), "sum of the entropies"),
+    "entropy maximised": ("q3", _tent_step("maximise"), "maximised"),
+    "hard pseudo-labels": ("q3", _tent_step("pseudo"), "pseudo-labels"),
+    "no zero_grad": ("q3", _tent_step("no zero_grad"), "optimizer.zero_grad()"),
+    "no step": ("q3", _tent_step("no step"), "optimizer.step()"),
+    "rotated clockwise": ("q4", _rotation_loss("clockwise"), "turn clockwise"),
+    "rotated over the wrong axes": ("q4", _rotation_loss("wrong axes"), "two spatial axes"),
+    "labels misaligned": ("q4", _rotation_loss("misaligned"), "misaligned"),
+    "rotations embedded apart": ("q4", _rotation_loss("apart"), "separate batches"),
+    "summed cross-entropy": ("q4", _rotation_loss("sum"), "sum of the 4B"),
+    "loss detached": ("q4", _rotation_loss("detached"), "no graph back to the encoder"),
+}
+
+WRONG_0506 = [("05_learned_optimizers", k, *v) for k, v in WRONG_05.items()] + [
+    ("06_test_time_adaptation", k, *v) for k, v in WRONG_06.items()
+]
+
+
+@pytest.mark.usefixtures("registered_0506")
+@pytest.mark.parametrize(("name", "variant", "qname", "fn", "says"), WRONG_0506, ids=lambda v: v)
+def test_0506_wrong_answer_fails_with_a_helpful_message(name, variant, qname, fn, says):
+    test_a_wrong_answer_fails_with_a_helpful_message(name, variant, qname, fn, says)
+
+
+def test_every_0506_question_has_a_wrong_answer():
+    assert {(n, q) for n, _, q, _, _ in WRONG_0506} == set(QUESTIONS_0506)
+
+
+def _preprocess_by_masks(grad, p=10.0):
+    if p <= 0:
+        raise ValueError("p must be positive")
+    out = torch.stack([-torch.ones_like(grad), grad * math.exp(p)], dim=-1)
+    big = grad.abs() >= math.exp(-p)
+    out[big] = torch.stack([grad[big].abs().log() / p, grad[big].sign()], dim=-1)
+    return out
+
+
+def _step_coordinate_by_coordinate(cells, head, grad, state, p=10.0, output_scale=0.1):
+    preprocess = solution("05_learned_optimizers")["preprocess_gradients"]
+    updates, rows = [], []
+    for i in range(len(grad)):
+        x, row = preprocess(grad[i : i + 1], p), []
+        for cell, (h, c) in zip(cells, state, strict=True):
+            h, c = cell(x, (h[i : i + 1], c[i : i + 1]))
+            row.append((h, c))
+            x = h
+        updates.append(output_scale * head(x)[:, 0])
+        rows.append(row)
+    new_state = [
+        tuple(torch.cat([row[layer][k] for row in rows]) for k in (0, 1))
+        for layer in range(len(cells))
+    ]
+    return torch.cat(updates), new_state
+
+
+def _meta_loss_fresh_leaves(optimizer, W, y, theta0, steps):
+    def f(theta):
+        return (torch.einsum("bmd,bd->bm", W, theta) - y).pow(2).sum(-1)
+
+    theta, state, total = theta0, optimizer.initial_state(theta0.numel(), theta0), 0.0
+    for _ in range(steps):
+        leaf = theta.detach().requires_grad_()
+        (g,) = torch.autograd.grad(f(leaf).sum(), leaf)
+        update, state = optimizer(g.flatten(), state)
+        theta = theta + update.view_as(theta)
+        total = total + f(theta).mean()
+    return total
+
+
+def _meta_loss_gradient_by_hand(optimizer, W, y, theta0, steps):
+    theta, state, losses = theta0, optimizer.initial_state(theta0.numel(), theta0), []
+    for _ in range(steps):
+        residual = (W @ theta[..., None])[..., 0] - y  # (B, M)
+        g = 2 * (W.transpose(1, 2) @ residual[..., None])[..., 0]  # ∇ ||Wθ − y||²
+        update, state = optimizer(g.detach().flatten(), state)
+        theta = theta + update.view_as(theta)
+        losses.append(((W @ theta[..., None])[..., 0] - y).square().sum(-1))
+    return torch.stack(losses).sum(0).mean()
+
+
+def _rotations_by_flips(encoder, rotation_head, x):
+    turned = x.transpose(2, 3)
+    rotated = torch.cat([x, turned.flip(2), x.flip(2, 3), turned.flip(3)])
+    labels = torch.arange(4).repeat_interleave(len(x))
+    return F.cross_entropy(rotation_head(encoder(rotated)), labels)
+
+
+def _rotations_image_major(encoder, rotation_head, x):
+    rotated = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1)  # (B, 4, ..)
+    labels = torch.arange(4).repeat(len(x))
+    return F.cross_entropy(rotation_head(encoder(rotated.flatten(0, 1))), labels)
+
+
+def _tent_parameters_by_owner(model):
+    norms = {name for name, m in model.named_modules() if isinstance(m, _BN)}
+    out = []
+    for name, p in model.named_parameters():
+        keep = name.rpartition(".")[0] in norms
+        p.requires_grad_(keep)
+        out += [p] if keep else []
+    return out
+
+
+def _tent_step_zeroing_after(model, x, optimizer):
+    logits = model(x)
+    (-(logits.softmax(1) * logits.log_softmax(1)).sum(1)).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+    return logits
+
+
+@pytest.mark.parametrize(
+    ("name", "qname", "fn"),
+    [
+        ("05_learned_optimizers", "q1", _preprocess_by_masks),
+        ("05_learned_optimizers", "q2", _step_coordinate_by_coordinate),
+        ("05_learned_optimizers", "q3", _meta_loss_fresh_leaves),
+        ("05_learned_optimizers", "q3", _meta_loss_gradient_by_hand),
+        (
+            "06_test_time_adaptation",
+            "q1",
+            lambda z: torch.distributions.Categorical(logits=z).entropy(),
+        ),
+        ("06_test_time_adaptation", "q1", lambda z: -(z.softmax(1) * z.log_softmax(1)).sum(1)),
+        ("06_test_time_adaptation", "q2", _tent_parameters_by_owner),
+        ("06_test_time_adaptation", "q3", _tent_step_zeroing_after),
+        ("06_test_time_adaptation", "q4", _rotations_by_flips),
+        ("06_test_time_adaptation", "q4", _rotations_image_major),
+    ],
+    ids=[
+        "masks",
+        "coordinate by coordinate",
+        "a fresh leaf per gradient",
+        "gradient by hand",
+        "Categorical",
+        "TENT's code",
+        "by owner's name",
+        "zero_grad after the step",
+        "flips",
+        "image-major",
+    ],
+)
+def test_other_right_answers_to_05_and_06_pass_every_case(name, qname, fn):
+    question = EXERCISES_0506[name].question(qname)
+    verdict = evaluate_cases(question, all_cases(name, question), fn)
     assert verdict, str(verdict)

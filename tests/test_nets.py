@@ -315,3 +315,20 @@ def test_fused_batch_norm_is_never_used_under_vmap():
         torch.testing.assert_close(
             sum(lp[k] for lp in fused_loop) / 3, reference, rtol=1e-9, atol=1e-12
         )
+
+
+def test_conv4_norm_option_keeps_the_default_and_adds_running_statistics():
+    default = Conv4(hidden=4, image_size=16)
+    assert all(type(b[1]) is BatchStatNorm2d for b in default.body[:4])
+    net = Conv4(n_classes=3, hidden=4, image_size=16, norm="running").double()
+    assert all(type(b[1]) is nn.BatchNorm2d for b in net.body[:4])
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fresh_eval = net.eval()(x)  # running mean 0 and variance 1: no normalisation yet
+    net.train()(x)  # one training batch moves the running statistics towards the batch's
+    first = net.body[0][1]
+    assert int(first.num_batches_tracked) == 1
+    assert first.running_mean.abs().sum() > 0
+    torch.testing.assert_close(net.train()(x), net.train()(x))  # batch statistics in training
+    assert not torch.allclose(net.eval()(x), fresh_eval)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        Conv4(norm="group")

@@ -797,3 +797,18 @@ def blackbox_weights(
         "grads": output_grads(out, net, seed + 20),
     }
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# 05_learned_optimizers and 06_test_time_adaptation: their probes live in probes_0506 (this file
+# is long enough) and are re-exported here, where the sandbox and check() look probes up.
+
+from metalib.grading.probes_0506 import (  # noqa: E402, F401
+    lopt_meta_loss,
+    lopt_preprocess,
+    lopt_step,
+    tta_collect,
+    tta_entropy,
+    tta_rotation,
+    tta_tent,
+)
