@@ -30,7 +30,7 @@ book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html
 	METALIB_PROGRESS=0 $(BIN)/jupyter-book build --all -W -n --keep-going . 2>&1 | tee _build/book.log; \
 	  exit $${PIPESTATUS[0]}
 
-check-book: $(STAMP)  ## Open every built page in headless Chromium: math, widgets, figures, console
+check-book: $(STAMP)  ## Open every book page in headless Chromium: math, widgets, images, links, errors
 	$(BIN)/python tools/check_book.py
 
 test: $(STAMP)  ## Lint, unit tests, then every chapter and solution notebook executed by nbval

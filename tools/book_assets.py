@@ -5,6 +5,11 @@ embedder (``@jupyter-widgets/html-manager``), which myst-nb would otherwise load
 both from the npm registry with ``npm pack`` (versions pinned below) and serve them from the book.
 MathJax comes from the ``sphinx-mathjax-offline`` Python package. Run by ``make book``; does
 nothing when the files are already there.
+
+The embedder loads its icon fonts from a folder named after its module
+(``@jupyter-widgets/html-manager/dist/``) beside the *page*, where nothing is; ``widget_paths.js``,
+loaded between require.js and the embedder (see ``_config.yml``), maps that module name to the
+book's static folder, wherever the page sits.
 """
 
 from __future__ import annotations
@@ -22,9 +27,21 @@ PACKAGES = {
     "@jupyter-widgets/html-manager@1.0.6": {"package/dist/": ""},
 }
 OUT = Path(__file__).resolve().parents[1] / "_build" / "offline_static"
+WIDGET_PATHS = """// Written by tools/book_assets.py. The ipywidgets embedder finds its fonts
+// next to its own module URL, which require.js resolves against the page's folder:
+// point that module's folder here, at the book's static files.
+(function () {
+  var src = document.currentScript.src;
+  require.config({
+    paths: { "@jupyter-widgets/html-manager/dist": src.slice(0, src.lastIndexOf("/")) },
+  });
+})();
+"""
 
 
 def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "widget_paths.js").write_text(WIDGET_PATHS)
     if (OUT / "require.js").exists() and (OUT / "embed-amd.js").exists():
         return 0
     if shutil.which("npm") is None:

@@ -1,42 +1,39 @@
 """Open every page of the built book in headless Chromium and check what a reader would see.
 
-    .venv/bin/python tools/check_book.py [--html _build/html]
+    .venv/bin/python tools/check_book.py [--html _build/html] [--toc _toc.yml]
 
-For each page: math typeset by the book's own MathJax (no raw TeX left), widgets drawn from their
-embedded state by the book's own require.js and embedder, every figure present, and no
-JavaScript error in the console. Offline by construction: the browser is started with its
-network features off and the book is opened from disk. Exits 1 naming each failure; exits 2
-when Chromium is missing (install Debian's ``chromium``).
+Drives Debian's Chromium with Playwright (one browser, one tab reused). For each page of the
+table of contents: the page exists and loads; math is typeset by the book's own MathJax (no raw
+TeX left); widgets are drawn from their embedded state; every image is present and decoded
+(non-zero natural width); no cell output shows an error traceback (cells tagged
+``raises-exception`` show one on purpose); no JavaScript error in the console; no file the page
+needs is missing. Offline by construction: every request that is not ``file://`` is blocked and
+reported. Following links from the landing page must reach every page of the table of contents.
+A full-page screenshot of each chapter goes to ``_build/screenshots/``.
+
+Exits 1 naming each failure (``FAIL page: what``); exits 2 when Playwright or Chromium is missing
+or no book was built.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
+import struct
 import sys
-import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=15000",
-    "--enable-logging=stderr",
-    "--v=0",
-]
 # Console messages of the theme itself that say nothing about the book's content.
 # The widget embedder logs a schema warning and an uncaught "reading 'Queue'" error whose cause
 # we have not traced; every widget, the output area's figure included, is drawn all the same
-# (checked below, and seen in screenshots).
+# (checked below, and seen in screenshots). A failed file load is reported with its URL instead.
 KNOWN_NOISE = (
     "THEBE_JS_URL",
     "[PST]",
@@ -44,80 +41,260 @@ KNOWN_NOISE = (
     "Got invalid theme mode",
     "allowUnionTypes",
     "reading 'Queue'",
+    "Failed to load resource",
 )
+MAIN = "#main-content, main, article, [role=main]"
+# Waits for the page's own MathJax and widget embedder, then reads what a reader would see.
+INSPECT = """async ([main, settleMs]) => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const until = (p, ms) => Promise.race([p, sleep(ms)]);
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await until(MathJax.startup.promise, settleMs);
+  }
+  const views = () => [...document.querySelectorAll(
+    'script[type="application/vnd.jupyter.widget-view+json"]')];
+  const drawn = () => views().filter(
+    s => s.parentElement && s.parentElement.querySelector('.jupyter-widgets')).length;
+  const t0 = performance.now();
+  while (drawn() < views().length && performance.now() - t0 < settleMs) await sleep(100);
+  const root = document.querySelector(main) || document.body;
+  const imgs = [...root.querySelectorAll('img')];
+  imgs.forEach(img => { if (img.loading === 'lazy') img.loading = 'eager'; });
+  await until(Promise.all(imgs.map(img => img.decode().catch(() => null))), settleMs);
+  const maths = [...root.querySelectorAll('.math')];
+  const code = 'pre, code, script, style, textarea, mjx-container, .math';
+  const rawTex = /\\\\\\(|\\\\\\[|\\$\\$|\\\\begin\\{|\\$[^$\\s][^$]*\\\\[a-zA-Z]+[^$]*\\$/;
+  const texts = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const n = walker.currentNode;
+    if (!n.parentElement.closest(code) && rawTex.test(n.textContent)) texts.push(n.textContent);
+  }
+  const tbSel = '.traceback, [class*="highlight-ipythontb"], [class*="highlight-pytb"]';
+  const outputs = [...document.querySelectorAll('.cell_output, div.output')].filter(
+    el => el.matches(tbSel) || el.querySelector(tbSel)
+      || el.textContent.includes('Traceback (most recent call last)'));
+  const tracebacks = outputs.filter(el => !outputs.some(o => o !== el && o.contains(el)));
+  const lastLine = el => el.textContent.trim().split('\\n').pop().trim().slice(0, 160);
+  return {
+    title: document.title,
+    hasMain: !!document.querySelector(main),
+    math: maths.length,
+    typeset: maths.filter(m => m.querySelector('mjx-container')).length,
+    rawTex: texts.map(t => t.trim().slice(0, 80)),
+    views: views().length,
+    drawn: drawn(),
+    images: imgs.length,
+    broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+    tracebacks: tracebacks.filter(el => !el.closest('.tag_raises-exception')).map(lastLine),
+    intended: tracebacks.filter(el => el.closest('.tag_raises-exception')).length,
+    links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+  };
+}"""
 
 
-def browser() -> str | None:
-    return next(
-        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
-    )
+def toc_pages(toc: Path) -> list[str]:
+    """The pages of a jb-book ``_toc.yml``: its root, then every ``file:`` entry, in order."""
+    spec = yaml.safe_load(toc.read_text())
+    if not isinstance(spec, dict) or "root" not in spec:
+        raise ValueError(f"{toc}: no `root:` entry; is this a Jupyter Book _toc.yml?")
+    pages = [str(spec["root"])]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                pages.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({k: v for k, v in spec.items() if k != "root"})
+    return [p.removesuffix(".md").removesuffix(".ipynb") for p in pages]
 
 
-def render(exe: str, page: Path) -> tuple[str, list[str]]:
-    """The page's DOM after its scripts ran, and its console messages."""
-    with tempfile.TemporaryDirectory() as profile:
-        out = subprocess.run(
-            [exe, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
-            capture_output=True,
-            text=True,
-            timeout=120,
+def find_chromium() -> str | None:
+    """Path of an installed Chromium (Debian's package first), or None."""
+    names = ("chromium", "chromium-browser", "google-chrome")
+    return next((p for p in map(shutil.which, names) if p), None)
+
+
+def site_page(url: str, html: Path) -> str | None:
+    """The page (``chapters/00_tasks``) a ``file://`` URL names inside ``html``, else None."""
+    parts = urlsplit(url)
+    if parts.scheme != "file" or not parts.path.endswith(".html"):
+        return None
+    path = Path(unquote(parts.path))
+    if not path.is_relative_to(html):
+        return None
+    return path.relative_to(html).with_suffix("").as_posix()
+
+
+def reached(links: dict[str, set[str]], start: str) -> set[str]:
+    """Pages reached from ``start`` by following ``links`` (page -> pages it links to)."""
+    seen, queue = {start}, deque([start])
+    while queue:
+        for nxt in links.get(queue.popleft(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return seen
+
+
+def check_site(
+    html: Path,
+    pages: Iterable[str],
+    *,
+    chromium: str | None = None,
+    screenshots: Path | None = None,
+    shoot: Callable[[str], bool] = lambda page: page.startswith("chapters/"),
+    settle_s: float = 10.0,
+    report: Callable[[str], None] = print,
+) -> list[str]:
+    """Open each page of ``pages`` under ``html`` in headless Chromium; return the problems.
+
+    Args:
+        html: the built site (``_build/html``).
+        pages: table-of-contents pages without suffix; the first is the landing page.
+        chromium: browser executable (default: ``find_chromium()``).
+        screenshots: directory for full-page screenshots of the pages ``shoot`` selects.
+        settle_s: the longest wait for MathJax, widgets and images on one page.
+        report: receives one summary line per page.
+    Returns:
+        One ``"page: what"`` string per problem, empty when every page is as a reader expects.
+    """
+    html = Path(html).resolve()
+    pages = list(pages)
+    if not pages:
+        raise ValueError("no pages to check; pass the table of contents' pages")
+    if settle_s <= 0:
+        raise ValueError(f"settle_s must be positive, got {settle_s}")
+    from playwright.sync_api import Error, sync_playwright
+
+    exe = chromium or find_chromium()
+    if exe is None:
+        raise ValueError("no Chromium found; install it (Debian: apt-get install chromium)")
+    problems: list[str] = []
+    links: dict[str, set[str]] = {}
+    current = [pages[0]]
+    events: list[str] = []
+
+    def block(route) -> None:
+        events.append(f"blocked request to {route.request.url[:200]} (the book must work offline)")
+        route.abort()
+
+    def failed(request) -> None:
+        if request.url.startswith("file:"):
+            path = unquote(urlsplit(request.url).path)
+            events.append(f"could not load {path} ({request.failure})")
+
+    def console(msg) -> None:
+        if msg.type in ("error", "warning") and not any(n in msg.text for n in KNOWN_NOISE):
+            events.append(f"console {msg.type}: {msg.text[:300]}")
+
+    def page_error(err) -> None:
+        if not any(n in str(err) for n in KNOWN_NOISE):
+            events.append(f"uncaught JavaScript error: {str(err)[:300]}")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=exe, headless=True, args=["--disable-quic", "--disable-gpu"]
         )
-    console = [
-        re.sub(r"^.*CONSOLE[^\]]*\] ", "", line)
-        for line in out.stderr.splitlines()
-        if ":CONSOLE" in line and not any(n in line for n in KNOWN_NOISE)
-    ]
-    return out.stdout, console
-
-
-def check_page(exe: str, page: Path, html: Path) -> list[str]:
-    source = page.read_text()
-    dom, console = render(exe, page)
-    name = page.relative_to(html)
-    problems = [f"{name}: console: {m[:300]}" for m in console]
-    n_math = len(re.findall(r'class="math[ "]', source))
-    n_typeset = dom.count("<mjx-container")
-    if n_math and n_typeset < n_math:
-        problems.append(f"{name}: {n_math} formulas but only {n_typeset} typeset by MathJax")
-    n_views = source.count("application/vnd.jupyter.widget-view+json")
-    n_drawn = len(re.findall(r'class="[^"]*\bwidget-(?:slider|dropdown|vbox|hbox)\b', dom))
-    if n_views and not n_drawn:
-        problems.append(f"{name}: {n_views} widgets embedded but none drawn")
-    n_figures = source.count('<img alt="_images/') + source.count('<img alt="../_images/')
-    for src in re.findall(r'<img[^>]+src="([^"]+)"', source):
-        if not src.startswith(("http", "data:")) and not (page.parent / src).resolve().exists():
-            problems.append(f"{name}: image {src} is missing")
-    print(
-        f"{name}: {n_typeset}/{n_math} formulas typeset, {n_drawn} widget parts drawn "
-        f"({n_views} embedded), {n_figures} figures, {len(console)} console messages"
-    )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.route(lambda url: not url.startswith("file:"), block)
+        tab = context.new_page()
+        tab.on("requestfailed", failed)
+        tab.on("console", console)
+        tab.on("pageerror", page_error)
+        for name in pages:
+            current[0] = name
+            file = html / f"{name}.html"
+            if not file.exists():
+                problems.append(f"{name}: in the table of contents but {file} was not built")
+                continue
+            start = time.perf_counter()
+            events.clear()
+            try:
+                tab.goto(file.as_uri(), wait_until="load", timeout=settle_s * 3000)
+                seen = tab.evaluate(INSPECT, [MAIN, settle_s * 1000])
+            except Error as err:
+                problems.append(f"{name}: does not load: {str(err).splitlines()[0]}")
+                continue
+            if screenshots is not None and shoot(name):
+                screenshots.mkdir(parents=True, exist_ok=True)
+                out = screenshots / f"{name.replace('/', '-')}.png"
+                tab.screenshot(path=out, full_page=True)
+            page_problems = list(events) + judge(seen)
+            links[name] = {p for p in (site_page(u, html) for u in seen["links"]) if p}
+            for target in sorted(links[name]):
+                if not (html / f"{target}.html").exists():
+                    page_problems.append(f"links to {target}.html, which does not exist")
+            problems += [f"{name}: {p}" for p in page_problems]
+            report(
+                f"{name}: {seen['typeset']}/{seen['math']} formulas typeset, "
+                f"{seen['drawn']}/{seen['views']} widgets drawn, "
+                f"{seen['images'] - len(seen['broken'])}/{seen['images']} images decoded, "
+                f"{len(seen['tracebacks'])} tracebacks ({seen['intended']} intended), "
+                f"{len(events)} console/network problems, {time.perf_counter() - start:.1f} s"
+            )
+        browser.close()
+    if pages[0] in links:
+        found = reached(links, pages[0])
+        problems += [
+            f"{p}: not reached by following links from {pages[0]}.html"
+            for p in pages
+            if p not in found and (html / f"{p}.html").exists()
+        ]
     return problems
 
 
-def main() -> int:
+def judge(seen: dict) -> list[str]:
+    """Problems in what ``INSPECT`` read from one page."""
+    problems = []
+    if not seen["hasMain"]:
+        problems.append("no main content (the page did not render as a book page)")
+    if seen["typeset"] < seen["math"]:
+        problems.append(f"{seen['math']} formulas but only {seen['typeset']} typeset by MathJax")
+    problems += [f"raw TeX in the text: '{t}'" for t in seen["rawTex"][:5]]
+    if seen["drawn"] < seen["views"]:
+        problems.append(f"{seen['views']} widgets embedded but only {seen['drawn']} drawn")
+    problems += [f"image {src} is missing or does not decode" for src in seen["broken"]]
+    problems += [f"shows an error traceback: {t}" for t in seen["tracebacks"]]
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
-    args = parser.parse_args()
-    exe = browser()
-    if exe is None:
-        print(
-            "check_book: no Chromium found; install it (Debian: apt-get install chromium)",
-            file=sys.stderr,
-        )
-        return 2
-    skip = ("genindex.html", "search.html", "index.html")  # index.html only redirects
-    pages = sorted(
-        p
-        for p in args.html.rglob("*.html")
-        if "_static" not in p.parts and p.relative_to(args.html).as_posix() not in skip
+    parser.add_argument("--toc", type=Path, default=ROOT / "_toc.yml")
+    parser.add_argument(
+        "--screenshots", type=Path, help="where chapter screenshots go (default: beside --html)"
     )
-    if not pages:
+    args = parser.parse_args(argv)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        print("check_book: Playwright is missing; run `make setup`", file=sys.stderr)
+        return 2
+    if find_chromium() is None:
+        print("check_book: no Chromium found; apt-get install chromium", file=sys.stderr)
+        return 2
+    if not any(args.html.glob("*.html")):
         print(f"check_book: no pages in {args.html}; run `make book` first", file=sys.stderr)
         return 2
-    problems = [p for page in pages for p in check_page(exe, page, args.html)]
+    shots = args.screenshots or args.html.parent / "screenshots"
+    start = time.perf_counter()
+    problems = check_site(args.html, toc_pages(args.toc), screenshots=shots)
     for p in problems:
         print("FAIL", p)
-    print(f"check_book: {len(pages)} pages, {len(problems)} problems")
+    for shot in sorted(shots.glob("*.png")):
+        width, height = struct.unpack(">II", shot.read_bytes()[16:24])  # the PNG's IHDR
+        print(f"screenshot {shot}: {width}x{height} px, {shot.stat().st_size / 1e3:.0f} kB")
+    print(
+        f"check_book: {len(toc_pages(args.toc))} pages, {len(problems)} problems, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     return 1 if problems else 0
 
 
