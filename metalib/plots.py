@@ -1,7 +1,8 @@
 """Figures used across chapters: episodes, image grids, learning curves, scores with error bars.
 
 Every function draws on a matplotlib ``Axes`` it is given (or a new figure) and returns the
-figure, labelled, so a chapter can adjust it before showing it.
+figure, labelled, so a chapter can adjust it before showing it. :func:`book_style`, called once
+in every chapter's setup, gives all the book's figures the same look.
 """
 
 from __future__ import annotations
@@ -14,6 +15,27 @@ import torch
 
 from metalib.tasks import Episode
 from metalib.train import History, Score
+
+# One look for every figure of the book: no box around the plot, text sizes that stay legible
+# when a two-panel figure is shrunk to the page's width, legends without frames.
+BOOK_STYLE = {
+    "figure.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "lines.linewidth": 1.6,
+}
+
+
+def book_style() -> None:
+    """Apply :data:`BOOK_STYLE` to matplotlib's defaults (idempotent; for a chapter's setup)."""
+    plt.rcParams.update(BOOK_STYLE)
 
 
 def image_grid(

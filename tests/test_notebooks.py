@@ -53,6 +53,7 @@ def test_chapter_shape(path):
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "seed_everything(" in code, f"{path}: open with metalib.runtime.seed_everything"
+    assert "book_style()" in code, f"{path}: call metalib.plots.book_style() in the setup cell"
     assert "assert " in code, f"{path}: assert the claims the chapter teaches"
     assert "pip install" not in code, f"{path}: dependencies belong in pyproject.toml"
     assert "{glue:" in text, f"{path}: numbers in the prose come from the code (myst-nb glue)"

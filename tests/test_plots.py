@@ -222,3 +222,16 @@ def test_scores_vs_without_chance_on_a_given_axes():
 def test_scores_vs_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="curve 'b' has 2 scores for 3 x values"):
         scores_vs([1, 2, 3], {"a": _scores([0.1] * 3), "b": _scores([0.1] * 2)}, xlabel="shots")
+
+
+def test_book_style_sets_the_shared_look_and_is_idempotent():
+    import matplotlib.pyplot as plt
+
+    from metalib.plots import BOOK_STYLE, book_style
+
+    with plt.rc_context():
+        plt.rcParams["axes.spines.top"] = True
+        book_style()
+        book_style()
+        assert plt.rcParams["axes.spines.top"] is False
+        assert all(plt.rcParams[k] == v for k, v in BOOK_STYLE.items())
