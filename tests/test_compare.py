@@ -1,0 +1,233 @@
+"""Tests of metalib.compare and metalib.methods: cache keys and reuse, same episodes, formatting."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from metalib import methods
+from metalib.compare import Comparison, Row, cache_key, compare, source_digest
+from metalib.data.base import ImageClasses
+from metalib.tasks import Episode
+
+TINY_BACKBONE = {"hidden": 8, "steps": 2, "lr": 2e-3}
+TINY = {
+    "ProtoNet": {"steps": 2, "hidden": 8, "train_way": 5},
+    "weight predictor": {"steps": 2, "hidden": 8, "backbone": TINY_BACKBONE},
+}
+NAMES = ["pixel nearest neighbour", "ProtoNet", "weight predictor"]
+
+
+def _split(name: str, n_classes: int, seed: int) -> ImageClasses:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n_classes, 8, 16, 16), generator=g, dtype=torch.uint8)
+    return ImageClasses(
+        name=name,
+        images=images,
+        class_names=tuple(f"c{i}" for i in range(n_classes)),
+        groups=("g",) * n_classes,
+    )
+
+
+@pytest.fixture
+def data() -> tuple[ImageClasses, ImageClasses]:
+    """A random 16 x 16 train split (10 classes) and test split (6 classes), 8 images each."""
+    return _split("rand/train", 10, 0), _split("rand/test", 6, 1)
+
+
+def _run(data, folder, names=NAMES, **kwargs):
+    kwargs = {"shots": (1, 2), "n_episodes": 4, "queries": 2, "overrides": TINY, **kwargs}
+    return compare(names, data=data, folder=folder, **kwargs)
+
+
+def _counting(monkeypatch, name: str) -> list[int]:
+    """Replace a method's train function by one that counts its calls."""
+    calls = []
+    method = methods.REGISTRY[name]
+
+    def train(settings, inputs, generator):
+        calls.append(1)
+        return method.train(settings, inputs, generator)
+
+    monkeypatch.setitem(methods.REGISTRY, name, dataclasses.replace(method, train=train))
+    return calls
+
+
+def test_cache_key_changes_with_settings_and_sources(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    cpu = torch.device("cpu")
+    code = source_digest([a, b])
+    key = cache_key("MAML", {"steps": 10}, code, cpu)
+    assert cache_key("MAML", {"steps": 10}, source_digest([a, b]), cpu) == key
+    assert cache_key("MAML", {"steps": 11}, code, cpu) != key
+    assert cache_key("Reptile", {"steps": 10}, code, cpu) != key
+    assert cache_key("MAML", {"steps": 10}, code, torch.device("meta")) != key
+    b.write_text("y = 3\n")  # one source file edited: every key changes
+    assert cache_key("MAML", {"steps": 10}, source_digest([a, b]), cpu) != key
+
+
+def test_default_sources_are_all_of_metalib():
+    names = {p.name for p in __import__("metalib.compare").compare.source_files()}
+    assert {"compare.py", "methods.py", "maml.py", "cache.py", "glyphs.py"} <= names
+
+
+def test_second_call_reuses_the_cache(monkeypatch, tmp_path, data):
+    calls = _counting(monkeypatch, "ProtoNet")
+    first = _run(data, tmp_path)
+    assert len(calls) == 1 and not any(r.cached for r in first if r.method == "ProtoNet")
+    second = _run(data, tmp_path)
+    assert len(calls) == 1, "the second call must not train again"
+    assert all(r.cached for r in second if r.method != "pixel nearest neighbour")
+    assert [r.accuracy for r in second] == [r.accuracy for r in first]
+    assert [r.train_seconds for r in second] == [r.train_seconds for r in first]
+    # other settings: a new key, trained again
+    _run(data, tmp_path, overrides={**TINY, "ProtoNet": {**TINY["ProtoNet"], "steps": 3}})
+    assert len(calls) == 2
+
+
+def test_no_cache_always_trains(monkeypatch, tmp_path, data):
+    calls = _counting(monkeypatch, "ProtoNet")
+    _run(data, tmp_path, names=["ProtoNet"], cache=False)
+    _run(data, tmp_path, names=["ProtoNet"], cache=False)
+    assert len(calls) == 2 and not list(tmp_path.glob("*.pt"))
+
+
+def test_corrupt_cache_file_is_rebuilt(monkeypatch, tmp_path, data):
+    calls = _counting(monkeypatch, "ProtoNet")
+    first = _run(data, tmp_path, names=["ProtoNet"])
+    (entry,) = tmp_path.glob("protonet-*.pt")
+    entry.write_bytes(b"not a cache file")
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        again = _run(data, tmp_path, names=["ProtoNet"])
+    assert len(calls) == 2 and not any(r.cached for r in again)
+    assert [r.accuracy for r in again] == [r.accuracy for r in first]  # same seed, same weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(r.cached for r in _run(data, tmp_path, names=["ProtoNet"]))
+
+
+def test_every_method_sees_the_same_episodes(monkeypatch, tmp_path, data):
+    seen: dict[str, list[Episode]] = {}
+    for name in NAMES:
+        method = methods.REGISTRY[name]
+
+        def predict(model, settings, episode, name=name, method=method):
+            seen.setdefault(name, []).append(episode)
+            return method.predict(model, settings, episode)
+
+        monkeypatch.setitem(methods.REGISTRY, name, dataclasses.replace(method, predict=predict))
+    _run(data, tmp_path)
+    pixel, proto, wp = (seen[n] for n in NAMES)
+    assert len(pixel) == len(proto) == len(wp) == 10  # (1 for memory + 4 episodes) x 2 shots
+    for a, b, c in zip(pixel, proto, wp, strict=True):
+        for field in ("support_x", "support_y", "query_x", "query_y", "classes"):
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=0, atol=0)
+        # the weight predictor reads embeddings of the very same images
+        assert c.support_x.shape[-1] == 8 and c.support_x.dim() == 3
+        for field in ("support_y", "query_y", "classes"):
+            torch.testing.assert_close(getattr(a, field), getattr(c, field), rtol=0, atol=0)
+
+
+def test_pixel_nearest_neighbour_on_a_hand_made_episode():
+    # class 0 is dark, class 1 bright; queries 0.1, 0.9 and 0.4 (nearer dark) -> labels 0, 1, 0
+    support_x = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1).expand(1, 2, 1, 2, 2)
+    query_x = torch.tensor([0.1, 0.9, 0.4]).view(1, 3, 1, 1, 1).expand(1, 3, 1, 2, 2)
+    ep = Episode(
+        support_x,
+        torch.tensor([[1, 0]]),
+        query_x,
+        torch.tensor([[1, 0, 0]]),
+        torch.tensor([[3, 7]]),
+    )  # the support is listed bright first: labels come from the support set, not positions
+    method = methods.REGISTRY["pixel nearest neighbour"]
+    logits = method.predict(torch.nn.Module(), {}, ep)
+    torch.testing.assert_close(logits, torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]]))
+
+
+def _row(**kw) -> Row:
+    base = dict(
+        method="MAML", family="optimization-based", n_way=5, shots=1, accuracy=0.8766,
+        ci95=0.0123, n_episodes=300, train_seconds=47.4, adapt_ms=14.256, peak_mb=12.34,
+        cached=False,
+    )  # fmt: skip
+    return Row(**{**base, **kw})
+
+
+def test_table_markdown_and_csv(tmp_path):
+    result = Comparison(
+        (_row(), _row(method="pixel NN", cached=True, peak_mb=None)), "default", "cpu"
+    )
+    lines = result.table_markdown().splitlines()
+    assert lines[0].startswith("| method | family | shots | accuracy (95% CI) |")
+    assert lines[2] == (
+        "| MAML | optimization-based | 5-way 1-shot | 87.7% ± 1.2% | 47 | 14.26 | 12.3 |"
+    )
+    assert lines[3].endswith("| 47 (cached) | 14.26 | n/a |")
+    result.to_csv(tmp_path / "c.csv")
+    with open(tmp_path / "c.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["accuracy"] == "0.8766" and rows[1]["cached"] == "True"
+    assert rows[1]["peak_mb"] == "" and list(rows[0]) == [f.name for f in dataclasses.fields(Row)]
+    assert len(result) == 2 and list(result)[0] == _row()
+
+
+def test_rows_carry_families_and_costs(tmp_path, data):
+    rows = list(_run(data, tmp_path))
+    assert [(r.method, r.shots) for r in rows] == [(n, k) for n in NAMES for k in (1, 2)]
+    assert {r.family for r in rows} <= set(methods.FAMILIES)
+    for r in rows:
+        assert 0 <= r.accuracy <= 1 and r.ci95 >= 0 and r.n_episodes == 4 and r.adapt_ms > 0
+        assert r.peak_mb is None or r.peak_mb >= 0
+    assert rows[0].train_seconds == 0 and rows[2].train_seconds > 0
+
+
+def test_registry_is_complete():
+    assert set(methods.REGISTRY) == {
+        "pixel nearest neighbour",
+        "fine-tuning (last layer)",
+        "MAML",
+        "first-order MAML",
+        "Reptile",
+        "LSTM learner",
+        "attention learner",
+        "weight predictor",
+        "ProtoNet",
+    }
+    assert all(m.family in methods.FAMILIES for m in methods.REGISTRY.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"methods": ["MAML", "SNAIL"]},
+            r"unknown methods \['SNAIL'\]; choose from \[.*'ProtoNet'",
+        ),
+        ({"methods": []}, "methods is empty"),
+        ({"shots": ()}, "shots must be positive ints"),
+        ({"shots": (0, 1)}, "shots must be positive ints"),
+        ({"shots": (1, True)}, "shots must be positive ints"),
+        ({"shots": (1.0,)}, "shots must be positive ints"),
+        ({"shots": (7,)}, "exceed the 8 images per class"),
+        ({"overrides": {"Maml": {}}}, "overrides for unknown methods"),
+        ({"n_way": 1}, "at least 2 classes"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match, data, tmp_path):
+    kwargs = {"methods": ["pixel nearest neighbour"], "queries": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        compare(data=data, folder=tmp_path, n_episodes=2, **kwargs)
+
+
+def test_other_training_data_trains_again(monkeypatch, tmp_path, data):
+    calls = _counting(monkeypatch, "ProtoNet")
+    _run(data, tmp_path, names=["ProtoNet"])
+    other = (_split("rand/train", 10, 5), data[1])  # same name and shape, other pixels
+    _run(other, tmp_path, names=["ProtoNet"])
+    assert len(calls) == 2
