@@ -11,7 +11,6 @@ metalib)? nbval need not execute those a second time (see the repository's ``con
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,10 +21,10 @@ STAMP = ROOT / "_build" / ".metalib-source-hash"
 
 
 def source_hash() -> str:
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "metalib").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+    """A digest of every metalib source file: the one that also keys metalib.compare's cache."""
+    from metalib.compare import source_digest  # imports torch: only when a hash is asked for
+
+    return source_digest()
 
 
 def executed_by_book(
