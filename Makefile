@@ -23,11 +23,15 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)  ## Create .venv from the pinned lock (done by every other command when missing)
 
+# `make book REPOSITORY=https://github.com/owner/name [BRANCH=main]` adds Binder launch buttons.
+BRANCH ?= main
 book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html (warnings fail)
 	$(BIN)/python tools/book_assets.py
 	$(BIN)/python tools/book_cache.py
+	$(if $(REPOSITORY),$(BIN)/python tools/book_config.py --repository '$(REPOSITORY)' --branch '$(BRANCH)')
 	rm -rf _build/html
-	METALIB_PROGRESS=0 $(BIN)/jupyter-book build --all -W -n --keep-going . 2>&1 | tee _build/book.log; \
+	METALIB_PROGRESS=0 $(BIN)/jupyter-book build --all -W -n --keep-going \
+	  $(if $(REPOSITORY),--config _build/_config.launch.yml) . 2>&1 | tee _build/book.log; \
 	  exit $${PIPESTATUS[0]}
 
 check-book: $(STAMP)  ## Open every book page in headless Chromium: math, widgets, images, links, errors

@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         "the method, including the shared pre-trained Conv4 (and its embedding of the training "
         "split) for the methods built on it; '(cached)' marks weights loaded from the cache. "
         "Adaptation ms/task: from a task's support set to its query logits, one task at a time "
-        "(the black-box learners and the weight predictor read precomputed embeddings, so their "
-        "time excludes the encoder). Peak MB: peak memory while adapting to the first task of "
-        "the setting (Linux: peak RSS above the RSS before, with glibc returning freed blocks "
-        "at once; see `metalib.compare.peak_memory_mb`).\n\n"
+        "(the black-box learners and the weight predictor read embeddings of the split computed "
+        "once, as in training, but their time includes the encoder embedding the task's "
+        "images). Peak MB: peak memory while adapting to the first task of the setting "
+        "(Linux: peak RSS above the RSS before, with glibc returning freed blocks at once; "
+        "see `metalib.compare.peak_memory_mb`).\n\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.md").write_text(header + result.table_markdown() + "\n")

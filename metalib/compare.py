@@ -30,7 +30,7 @@ from metalib.data import cache as disk
 from metalib.data.base import ImageClasses
 from metalib.features import FeatureClasses, embed_classes
 from metalib.nets import fused_batch_norm
-from metalib.tasks import FixedEpisodes
+from metalib.tasks import Episode, FixedEpisodes
 from metalib.train import accuracy, mean_ci95
 
 ROOT = Path(__file__).resolve().parent
@@ -302,8 +302,11 @@ def compare(
                 )
             cached = cached_own and (cached or not method.uses_backbone)
         test_features = features(bb, test)[0] if method.reads_features else None
+        encoder = backbone(bb)[0].body if method.reads_features else None
         for k in shots:
-            score, ms, peak = _evaluate(method, model, settings, episodes[k], test_features, device)
+            score, ms, peak = _evaluate(
+                method, model, settings, episodes[k], test_features, encoder, device
+            )
             rows.append(
                 Row(
                     name,
@@ -328,18 +331,35 @@ def _evaluate(
     settings: dict,
     episodes: FixedEpisodes,
     test_features: FeatureClasses | None,
+    encoder: nn.Module | None,
     device: torch.device,
 ):
-    """Score one method on ``episodes`` one task at a time: Score, ms per task, peak MB."""
+    """Score one method on ``episodes`` one task at a time: Score, ms per task, peak MB.
+
+    A method that reads embeddings is scored on ``test_features`` (the split embedded once, as it
+    was trained), but its time and memory include ``encoder`` embedding the task's own images
+    (support and query, one forward pass without gradients): that is what adapting to a new task
+    costs it, and what the methods working on pixels pay inside ``predict``.
+    """
     same = episodes
     if test_features is not None:  # the same indices drawn over the embeddings of the same images
         same = FixedEpisodes(
             test_features, episodes.n_way, episodes.k_shot, episodes.q_queries, len(episodes),
             episodes.seed,
         )  # fmt: skip
+
+    def embed(images: Episode) -> None:
+        if encoder is not None:
+            with torch.no_grad(), fused_batch_norm():
+                encoder(torch.cat([images.support_x[0], images.query_x[0]]))
+
+    def adapt(images: Episode, ep: Episode) -> torch.Tensor:
+        embed(images)
+        return method.predict(model, settings, ep)
+
     # memory first, on one task (adapting to a task is what is measured), then time every task
-    first = same[0].to(device)
-    peak_mb = peak_memory_mb(lambda: method.predict(model, settings, first), device)
+    first, first_images = same[0].to(device), episodes[0].to(device)
+    peak_mb = peak_memory_mb(lambda: adapt(first_images, first), device)
     accs, seconds = [], 0.0
     bar = runtime.progress(
         zip(episodes.batches(1), same.batches(1), strict=True),
@@ -349,11 +369,11 @@ def _evaluate(
     for images, ep in bar:
         if not torch.equal(images.classes, ep.classes):
             raise RuntimeError("feature episodes drifted from the image episodes")  # a bug
-        ep = ep.to(device)
+        images, ep = (images.to(device) if encoder is not None else images), ep.to(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        logits = method.predict(model, settings, ep)
+        logits = adapt(images, ep)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start

@@ -214,3 +214,127 @@ def regression_fits(
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
+
+
+# one colour and marker per family of learners (metalib.methods.FAMILIES), the same in every figure
+FAMILY_STYLE = {
+    "non-parametric": ("tab:blue", "o"),
+    "fine-tuning": ("tab:gray", "s"),
+    "optimization-based": ("tab:orange", "^"),
+    "black-box": ("tab:green", "D"),
+}
+
+
+def accuracy_vs_cost(
+    rows: Sequence,
+    cost: str = "adapt_ms",
+    xlabel: str = "adaptation time per task (ms, log scale)",
+    axes=None,
+):
+    """Accuracy with its 95% CI against a cost, one panel per shot setting, one point per method.
+
+    Args:
+        rows: :class:`metalib.compare.Row` objects (anything with ``method``, ``family``,
+            ``n_way``, ``shots``, ``accuracy``, ``ci95`` and the ``cost`` attribute).
+        cost: the row attribute on the x axis (log scale), e.g. ``"adapt_ms"`` or
+            ``"train_seconds"``; rows whose cost is not positive are left out of the panel.
+        axes: one matplotlib Axes per shot setting, in increasing shots (``None``: a new row).
+
+    Returns:
+        The figure; methods are named next to their points, families coloured as
+        :data:`FAMILY_STYLE`.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to plot; pass the rows of a metalib.compare.compare() result")
+    unknown = sorted({r.family for r in rows} - set(FAMILY_STYLE))
+    if unknown:
+        raise ValueError(f"families {unknown} have no style; add them to FAMILY_STYLE")
+    settings = sorted({(r.n_way, r.shots) for r in rows}, key=lambda s: (s[1], s[0]))
+    if axes is None:
+        fig, axes = plt.subplots(
+            1, len(settings), figsize=(5.2 * len(settings), 4.2), sharey=True, squeeze=False
+        )
+        axes = axes[0]
+    if len(axes) != len(settings):
+        raise ValueError(
+            f"{len(settings)} shot settings need {len(settings)} axes, got {len(axes)}"
+        )
+    for ax, (n_way, shots) in zip(axes, settings, strict=True):
+        points = [
+            (getattr(r, cost), 100 * r.accuracy, r)
+            for r in rows
+            if (r.n_way, r.shots) == (n_way, shots) and getattr(r, cost) and getattr(r, cost) > 0
+        ]
+        for x, y, r in points:
+            color, marker = FAMILY_STYLE[r.family]
+            ax.errorbar(
+                x, y, yerr=100 * r.ci95, color=color, marker=marker, markersize=7, capsize=3,
+                linestyle="none",
+            )  # fmt: skip
+        # names to the right of their points, moved apart vertically where they would overlap
+        label_y = spread_labels([y for _, y, _ in points], gap=4.0)
+        for (x, y, r), ly in zip(points, label_y, strict=True):
+            ax.annotate(
+                r.method, (x, y), xytext=(x * 1.25, ly), textcoords="data", fontsize=8,
+                va="center",
+                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if abs(ly - y) > 0.5
+                else None,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        if points:
+            xs = [x for x, _, _ in points]
+            ax.set_xlim(min(xs) / 2, max(xs) * 12)  # room for the names on the right
+        ax.axhline(100 / n_way, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(f"{n_way}-way {shots}-shot")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%), 95% CI")
+    handles = [
+        plt.Line2D([], [], color=c, marker=m, linestyle="none", label=family)
+        for family, (c, m) in FAMILY_STYLE.items()
+        if any(r.family == family for r in rows)
+    ]
+    handles.append(plt.Line2D([], [], color="gray", linestyle="--", label="chance"))
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def spread_labels(ys: Sequence[float], gap: float) -> list[float]:
+    """Vertical positions for labels of points at heights ``ys``, at least ``gap`` apart.
+
+    Labels keep the order of their points; a label moves only as far as it must, and a crowded
+    group is centred on its points (so that a label moves down as often as up).
+
+    Example:
+        >>> spread_labels([10, 11, 30], gap=4)
+        [8.5, 12.5, 30.0]
+    """
+    if gap <= 0:
+        raise ValueError(f"gap must be positive, got {gap}")
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    # groups of labels that touch: each placed as a block centred on the mean of its points
+    groups: list[list[int]] = []
+    for i in order:
+        groups.append([i])
+        while len(groups) > 1:
+            low, high = groups[-2], groups[-1]
+            if _block_top(low, ys, gap) + gap <= _block_bottom(high, ys, gap):
+                break
+            groups[-2:] = [low + high]
+    out = [float(y) for y in ys]
+    for group in groups:
+        bottom = _block_bottom(group, ys, gap)
+        for j, i in enumerate(group):
+            out[i] = bottom + j * gap
+    return out
+
+
+def _block_bottom(group: list[int], ys: Sequence[float], gap: float) -> float:
+    centre = sum(ys[i] for i in group) / len(group)
+    return centre - gap * (len(group) - 1) / 2
+
+
+def _block_top(group: list[int], ys: Sequence[float], gap: float) -> float:
+    return _block_bottom(group, ys, gap) + gap * (len(group) - 1)

@@ -231,3 +231,20 @@ def test_other_training_data_trains_again(monkeypatch, tmp_path, data):
     other = (_split("rand/train", 10, 5), data[1])  # same name and shape, other pixels
     _run(other, tmp_path, names=["ProtoNet"])
     assert len(calls) == 2
+
+
+def test_feature_learners_pay_for_embedding_each_task(monkeypatch, tmp_path, data):
+    """A learner reading embeddings is timed with the encoder's pass over the task's images."""
+    seen = []
+    build = methods.build_backbone
+
+    def counting_backbone(settings, split, device):
+        net = build(settings, split, device)
+        net.body.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+        return net
+
+    monkeypatch.setattr(methods, "build_backbone", counting_backbone)
+    _run(data, tmp_path, names=["weight predictor"], shots=(2,), cache=False)
+    # embedding the splits (train and test, 80 and 48 images) happens once; then each of the
+    # 4 timed tasks and the memory probe embed 5 ways x (2 shots + 2 queries) = 20 images
+    assert seen.count(20) == 5, seen

@@ -10,9 +10,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
+from metalib.compare import Row
 from metalib.data.base import ImageClasses
-from metalib.plots import episode_grid, image_grid, learning_curves, scores_vs
+from metalib.plots import (
+    accuracy_vs_cost,
+    episode_grid,
+    image_grid,
+    learning_curves,
+    scores_vs,
+    spread_labels,
+)
 from metalib.tasks import Episode, sample_episodes
 from metalib.train import History, Score
 
@@ -235,3 +245,63 @@ def test_book_style_sets_the_shared_look_and_is_idempotent():
         book_style()
         assert plt.rcParams["axes.spines.top"] is False
         assert all(plt.rcParams[k] == v for k, v in BOOK_STYLE.items())
+
+
+def _row(method, family, shots, accuracy, adapt_ms):
+    return Row(method, family, 5, shots, accuracy, 0.01, 10, 1.0, adapt_ms, None, False)
+
+
+def test_accuracy_vs_cost_one_panel_per_shot_setting_one_point_per_method():
+    rows = [
+        _row("A", "non-parametric", 1, 0.9, 3.0),
+        _row("B", "black-box", 1, 0.5, 0.5),
+        _row("A", "non-parametric", 5, 0.95, 4.0),
+        _row("B", "black-box", 5, 0.6, 0.0),  # no cost measured: left out
+    ]
+    fig = accuracy_vs_cost(rows)
+    one, five = fig.axes
+    assert (one.get_title(), five.get_title()) == ("5-way 1-shot", "5-way 5-shot")
+    assert one.get_xscale() == "log" and one.get_ylabel().startswith("accuracy (%)")
+    assert [t.get_text() for t in one.texts] == ["A", "B"] and [
+        t.get_text() for t in five.texts
+    ] == ["A"]
+    assert tuple(one.texts[0].xy) == (3.0, 90.0) and tuple(one.texts[1].xy) == (0.5, 50.0)
+    labels = [t.get_text() for t in five.get_legend().get_texts()]
+    assert labels == ["non-parametric", "black-box", "chance"]
+    plt.close(fig)
+
+
+def test_accuracy_vs_cost_rejects_bad_input():
+    with pytest.raises(ValueError, match="no rows"):
+        accuracy_vs_cost([])
+    with pytest.raises(ValueError, match="no style"):
+        accuracy_vs_cost([_row("A", "magic", 1, 0.9, 1.0)])
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="2 shot settings need 2 axes"):
+        accuracy_vs_cost(
+            [_row("A", "fine-tuning", 1, 0.9, 1.0), _row("A", "fine-tuning", 5, 0.9, 1.0)],
+            axes=[ax],
+        )
+    plt.close(fig)
+
+
+def test_spread_labels_by_hand():
+    assert spread_labels([10, 11, 30], gap=4) == [8.5, 12.5, 30.0]
+    assert spread_labels([30, 10, 11], gap=4) == [30.0, 8.5, 12.5]  # any order of points
+    assert spread_labels([5.0], gap=1) == [5.0] and spread_labels([], gap=1) == []
+    with pytest.raises(ValueError, match="gap must be positive"):
+        spread_labels([1, 2], gap=0)
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=12),
+    st.floats(min_value=0.5, max_value=10),
+)
+def test_spread_labels_keeps_order_and_gap_and_leaves_lone_labels(ys, gap):
+    out = spread_labels(ys, gap)
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [out[i] for i in order]
+    assert all(b - a >= gap - 1e-9 for a, b in zip(placed, placed[1:], strict=False))
+    for i, y in enumerate(ys):  # a label with no neighbour within the gap stays at its point
+        if all(abs(y - z) >= 2 * gap * len(ys) for j, z in enumerate(ys) if j != i):
+            assert out[i] == y
