@@ -18,6 +18,9 @@ outer graph runs through them (second order) is the only difference between the 
 the same :func:`query_outputs` runs one task at a time or under ``torch.func.vmap`` over the task
 axis of an :class:`~metalib.tasks.Episode`.
 
+The inner step size is a number (MAML's α) or one tensor of step sizes per parameter: the inner
+loop of Meta-SGD (:mod:`metalib.meta_sgd`), which meta-learns those tensors with θ.
+
 BatchNorm: the backbones normalise every batch with its own statistics
 (:class:`~metalib.nets.BatchStatNorm2d`), MAML's convention. Inside the inner loop the support set
 is normalised by the support's statistics, and the query set by the statistics of the whole query
@@ -90,6 +93,33 @@ def _check_params(params: Params) -> None:
         )
 
 
+def check_step_sizes(params: Params, lr: Params) -> None:
+    """Raise ``ValueError`` unless ``lr`` has one step-size tensor per name of ``params``.
+
+    Each ``lr[k]`` must have ``params[k]``'s shape or broadcast to it (a 0-d tensor is one step
+    size for the whole tensor, as in MAML; the full shape is one per weight, as in Meta-SGD).
+    """
+    if not isinstance(lr, dict) or set(lr) != set(params):
+        got = sorted(lr)[:3] if isinstance(lr, dict) else type(lr).__name__
+        raise ValueError(
+            f"per-parameter step sizes must be a dict with exactly the names of params "
+            f"({sorted(params)[:3]}...), got {got}"
+        )
+    for k, w in params.items():
+        a = lr[k]
+        if not isinstance(a, torch.Tensor):
+            raise ValueError(f"step size {k!r} must be a tensor, got {type(a).__name__}")
+        try:
+            fits = torch.broadcast_shapes(a.shape, w.shape) == w.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"step size {k!r} has shape {tuple(a.shape)}, which does not broadcast to the "
+                f"parameter's shape {tuple(w.shape)}; use torch.full_like(params[{k!r}], lr)"
+            )
+
+
 def adapt(
     model: nn.Module,
     params: Params,
@@ -97,7 +127,7 @@ def adapt(
     y: torch.Tensor,
     loss_fn: LossFn,
     steps: int,
-    lr: float,
+    lr: float | Params,
     first_order: bool = False,
 ) -> Params:
     """The inner loop: ``steps`` gradient steps of size ``lr`` on one task's support set.
@@ -105,7 +135,11 @@ def adapt(
     θ_0 = params, θ_{k+1} = θ_k - lr ∇ L(θ_k; x, y). The gradients are computed with
     ``torch.func.grad``, so they stay differentiable for an outer ``backward`` (second order);
     with ``first_order`` they are detached, and the outer gradient flows only through the
-    identity path θ_k -> θ_{k+1}.
+    identity path θ_k -> θ_{k+1} (and, for step-size tensors, through ``lr``).
+
+    ``lr`` is MAML's scalar α, or one tensor of step sizes per parameter, multiplied element by
+    element (θ_{k+1} = θ_k - α ∘ ∇ L): Meta-SGD's inner loop (:mod:`metalib.meta_sgd`), whose
+    outer gradient reaches α as well.
 
     Args:
         model: the network; never modified.
@@ -115,13 +149,18 @@ def adapt(
         y: support targets, ``(n,)`` labels or ``(n, d)`` regression targets.
         loss_fn: ``loss_fn(model_outputs, y) -> scalar``.
         steps: number of inner steps (0 returns ``params`` unchanged).
-        lr: inner step size α.
+        lr: inner step size α: a number, or a dict with a tensor per name of ``params``
+            (:func:`check_step_sizes`).
         first_order: detach the inner gradients.
 
     Returns:
         The adapted weights θ_steps, a new dict with the same names.
     """
     _check_params(params)
+    if isinstance(lr, dict):
+        check_step_sizes(params, lr)
+    # a float stays a Python scalar: MAML's update and speed are unchanged
+    step = lr if isinstance(lr, dict) else dict.fromkeys(params, lr)
 
     def support_loss(p: Params) -> torch.Tensor:
         return loss_fn(forward_with(model, p, x), y)
@@ -131,7 +170,7 @@ def adapt(
         grads = grad(support_loss)(fast)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        fast = {k: w - lr * grads[k] for k, w in fast.items()}
+        fast = {k: w - step[k] * grads[k] for k, w in fast.items()}
     return fast
 
 
@@ -143,13 +182,15 @@ def query_outputs(
     query_x: torch.Tensor,
     loss_fn: LossFn,
     config: MAMLConfig,
+    lr: Params | None = None,
 ) -> torch.Tensor:
     """Adapt to one task's support set, then run the adapted network on its queries.
 
     Shapes are of one task (no task axis): support ``(n_s, ...)``, queries ``(n_q, ...)``.
+    ``lr``: per-parameter step sizes used instead of ``config.inner_lr`` (Meta-SGD).
     Returns the model's outputs on the queries, ``(n_q, ...)`` (logits or predictions).
     """
-    steps, lr = config.inner_steps, config.inner_lr
+    steps, lr = config.inner_steps, config.inner_lr if lr is None else lr
     fast = adapt(model, params, support_x, support_y, loss_fn, steps, lr, config.first_order)
     return forward_with(model, fast, query_x)
 
@@ -162,6 +203,7 @@ def _fast_query_outputs(
     query_x: torch.Tensor,
     loss_fn: LossFn,
     config: MAMLConfig,
+    lr: Params | None = None,
 ) -> torch.Tensor:
     """:func:`query_outputs` for one task outside ``vmap``, arranged to run faster on a CPU.
 
@@ -176,7 +218,9 @@ def _fast_query_outputs(
     """
     support_x, query_x = _channels_last(support_x), _channels_last(query_x)
     params = {k: _channels_last(v) for k, v in params.items()}  # differentiable copies
-    steps, lr = config.inner_steps, config.inner_lr
+    steps, lr = config.inner_steps, config.inner_lr if lr is None else lr
+    if isinstance(lr, dict):  # step sizes in the layout of their weights
+        lr = {k: _channels_last(v) for k, v in lr.items()}
     with fused_batch_norm(config.first_order):
         fast = adapt(model, params, support_x, support_y, loss_fn, steps, lr, config.first_order)
     with fused_batch_norm():
@@ -199,13 +243,19 @@ def _vectorise(config: MAMLConfig, episode: Episode) -> bool:
 
 
 def episode_outputs(
-    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+    model: nn.Module,
+    params: Params,
+    episode: Episode,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+    lr: Params | None = None,
 ) -> torch.Tensor:
     """Query outputs of every task of ``episode``, each adapted on its own support set.
 
     Runs :func:`query_outputs` per task, or once under ``torch.func.vmap`` over the task axis
     (``config.vectorise``); both give the same values and gradients. The per-task loop runs its
-    faster arrangement :func:`_fast_query_outputs` unless ``config.fast_loop`` is off.
+    faster arrangement :func:`_fast_query_outputs` unless ``config.fast_loop`` is off. ``lr``
+    (per-parameter step sizes, shared by all tasks) replaces ``config.inner_lr`` (Meta-SGD).
 
     Returns:
         ``(T, n_q, ...)``, e.g. logits ``(T, N*Q, N)``.
@@ -213,7 +263,7 @@ def episode_outputs(
     _check_params(params)
 
     def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
-        return query_outputs(model, params, sx, sy, qx, loss_fn, config)
+        return query_outputs(model, params, sx, sy, qx, loss_fn, config, lr)
 
     e = episode
     if _vectorise(config, e):
@@ -221,17 +271,27 @@ def episode_outputs(
     per_task = _fast_query_outputs if config.fast_loop else query_outputs
     return torch.stack(
         [
-            per_task(model, params, e.support_x[t], e.support_y[t], e.query_x[t], loss_fn, config)
+            per_task(
+                model, params, e.support_x[t], e.support_y[t], e.query_x[t], loss_fn, config, lr
+            )
             for t in range(len(e))
         ]
     )
 
 
 def task_losses(
-    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+    model: nn.Module,
+    params: Params,
+    episode: Episode,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+    lr: Params | None = None,
 ) -> torch.Tensor:
-    """The query loss after adaptation, one per task: ``(T,)``; their mean is MAML's objective."""
-    outputs = episode_outputs(model, params, episode, loss_fn, config)
+    """The query loss after adaptation, one per task: ``(T,)``; their mean is MAML's objective.
+
+    ``lr``: per-parameter step sizes in place of ``config.inner_lr`` (:func:`episode_outputs`).
+    """
+    outputs = episode_outputs(model, params, episode, loss_fn, config, lr)
     if _vectorise(config, episode):
         return vmap(loss_fn)(outputs, episode.query_y)
     return torch.stack([loss_fn(o, y) for o, y in zip(outputs, episode.query_y, strict=True)])
@@ -394,15 +454,16 @@ def adaptation_curve(
     model: nn.Module,
     episode: Episode,
     loss_fn: LossFn,
-    lr: float,
+    lr: float | Params,
     steps: int,
     params: Params | None = None,
 ) -> torch.Tensor:
     """Query loss after 0, 1, ..., ``steps`` inner steps, per task: the MAML paper's figure 3.
 
     Adapts ``params`` (default: the model's current weights, detached) on each task's support
-    set with plain gradient steps of size ``lr``, vectorised over the tasks, and evaluates the
-    query loss after every step. No outer graph is kept.
+    set with plain gradient steps of size ``lr`` (a number, or per-parameter step sizes as in
+    :func:`adapt`), vectorised over the tasks, and evaluates the query loss after every step.
+    No outer graph is kept.
 
     Returns:
         ``(T, steps + 1)`` query losses; column 0 is before any adaptation.
@@ -412,6 +473,8 @@ def adaptation_curve(
     if params is None:
         params = {k: v.detach() for k, v in model.named_parameters()}
     params = {k: v.detach() for k, v in params.items()}
+    if isinstance(lr, dict):
+        lr = {k: v.detach() for k, v in lr.items()}
 
     def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
         losses, fast = [], params

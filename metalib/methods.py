@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalib import maml
+from metalib import maml, meta_sgd
 from metalib.blackbox import BlackBoxClassifier, SequenceLearner, spread_labels
 from metalib.data.base import ImageClasses
 from metalib.features import FeatureClasses
@@ -224,6 +224,37 @@ def _predict_maml(model: nn.Module, settings: Settings, episode: Episode) -> tor
     return maml.episode_outputs(model, params, episode, F.cross_entropy, config).detach()
 
 
+def _build_meta_sgd(settings: Settings, inputs: Inputs) -> nn.Module:
+    return meta_sgd.MetaSGD(_conv4(settings, inputs), init=settings["inner_lr"])
+
+
+def _train_meta_sgd(settings: Settings, inputs: Inputs, generator: torch.Generator) -> nn.Module:
+    """Meta-SGD (Li et al., 2017) with MAML's settings: the step sizes start at MAML's tuned one
+    and learn at a tenth of its outer rate (chapter 8)."""
+    model = _build_meta_sgd(settings, inputs)
+    opt = torch.optim.Adam(
+        [
+            {"params": model.net.parameters()},
+            {"params": model.lrs.parameters(), "lr": settings["lr_lr"]},
+        ],
+        lr=settings["outer_lr"],
+    )
+    config = maml.MAMLConfig(settings["inner_steps"], settings["inner_lr"], settings["first_order"])
+
+    def step(_: int) -> dict[str, float]:
+        ep = sample_episodes(inputs.train, settings["n_way"], 1, 15, settings["tasks"], generator)
+        return meta_sgd.meta_step(model, opt, ep.to(inputs.device), F.cross_entropy, config)
+
+    fit(step, settings["steps"], desc=settings["desc"], log_every=10)
+    return model
+
+
+def _predict_meta_sgd(model: nn.Module, settings: Settings, episode: Episode) -> torch.Tensor:
+    """The learned initialisation adapted by ``test_steps`` steps of the learned sizes."""
+    config = maml.MAMLConfig(settings["test_steps"], settings["inner_lr"], first_order=True)
+    return meta_sgd.episode_outputs(model, episode, F.cross_entropy, config).detach()
+
+
 # --- black-box and the weight predictor (on the backbone's embeddings) --------------------------
 
 
@@ -318,6 +349,11 @@ REGISTRY: dict[str, Method] = {
         Method(
             "first-order MAML", "optimization-based", settings=_maml_settings(True, "FO-MAML"),
             build=_conv4, predict=_predict_maml, train=_train_maml,
+        ),
+        Method(
+            "Meta-SGD", "optimization-based",
+            settings=lambda b: {**_maml_settings(False, "Meta-SGD")(b), "lr_lr": 0.04},
+            build=_build_meta_sgd, predict=_predict_meta_sgd, train=_train_meta_sgd,
         ),
         Method(
             "Reptile", "optimization-based",

@@ -43,6 +43,25 @@ def make_tiny_classes(n_classes: int = 12, per_class: int = 6, size: int = 8) ->
     )
 
 
+def linear_model(w: float, b: float):
+    """A float64 ``MLP`` with no hidden layer: y = w x + b (MAML and Meta-SGD by hand)."""
+    from metalib.nets import MLP
+
+    net = MLP(in_features=1, out_features=1, hidden=()).double()
+    with torch.no_grad():
+        net.head.weight.fill_(w)
+        net.head.bias.fill_(b)
+    return net
+
+
+def one_point_episode():
+    """One regression task in float64: support (x=2, y=1), query (x=-1, y=0.5)."""
+    from metalib.tasks import Episode
+
+    t = lambda v: torch.tensor([[[v]]], dtype=torch.float64)  # noqa: E731  (T=1, n=1, 1)
+    return Episode(t(2.0), t(1.0), t(-1.0), t(0.5))
+
+
 @pytest.fixture
 def tiny_classes() -> ImageClasses:
     """12 classes x 6 images of 8 x 8; pixel (0, 0) holds the class id, pixel (0, 1) the sample."""

@@ -193,6 +193,7 @@ def test_registry_is_complete():
         "fine-tuning (last layer)",
         "MAML",
         "first-order MAML",
+        "Meta-SGD",
         "Reptile",
         "LSTM learner",
         "attention learner",
@@ -248,3 +249,19 @@ def test_feature_learners_pay_for_embedding_each_task(monkeypatch, tmp_path, dat
     # embedding the splits (train and test, 80 and 48 images) happens once; then each of the
     # 4 timed tasks and the memory probe embed 5 ways x (2 shots + 2 queries) = 20 images
     assert seen.count(20) == 5, seen
+
+
+def test_meta_sgd_trains_caches_and_reloads_its_step_sizes(monkeypatch, tmp_path, data):
+    """Meta-SGD's state holds the network and its step sizes; a cached run scores the same."""
+    calls = _counting(monkeypatch, "Meta-SGD")
+    tiny = {"Meta-SGD": {"steps": 2, "hidden": 8, "tasks": 2, "test_steps": 2}}
+    g = torch.Generator().manual_seed(3)  # 16 images per class: training draws 1 + 15 of them
+    images = torch.randint(0, 256, (10, 16, 16, 16), generator=g, dtype=torch.uint8)
+    names = tuple(f"c{i}" for i in range(10))
+    train = ImageClasses(name="rand16/train", images=images, class_names=names, groups=("g",) * 10)
+    data = (train, data[1])
+    first = list(_run(data, tmp_path, names=["Meta-SGD"], overrides=tiny))
+    again = list(_run(data, tmp_path, names=["Meta-SGD"], overrides=tiny))
+    assert len(calls) == 1 and again[0].cached and not first[0].cached
+    assert [r.accuracy for r in first] == [r.accuracy for r in again]
+    assert first[0].family == "optimization-based"

@@ -10,23 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, jvp
 
+from conftest import linear_model, one_point_episode
 from metalib import maml
 from metalib.maml import MAMLConfig
 from metalib.nets import MLP, Conv4, forward_with
 from metalib.tasks import Episode
-
-
-def linear_model(w: float, b: float) -> MLP:
-    net = MLP(in_features=1, out_features=1, hidden=()).double()
-    with torch.no_grad():
-        net.head.weight.fill_(w)
-        net.head.bias.fill_(b)
-    return net
-
-
-def one_point_episode() -> Episode:
-    t = lambda v: torch.tensor([[[v]]], dtype=torch.float64)  # noqa: E731  (T=1, n=1, 1)
-    return Episode(t(2.0), t(1.0), t(-1.0), t(0.5))
 
 
 @pytest.mark.parametrize(
@@ -341,3 +329,56 @@ def test_adaptation_curve_matches_plain_steps_per_task():
     assert curve[:, -1].mean() < curve[:, 0].mean()  # the steps lower the query loss here
     with pytest.raises(ValueError, match="steps"):
         maml.adaptation_curve(net, episode, F.mse_loss, lr=0.1, steps=-1)
+
+
+def test_adapt_takes_per_parameter_steps():
+    """Step sizes as tensors (Meta-SGD): w' = 0.5 - 0.1 (-0.8) = 0.58, b' = -0.2 - 0.3 (-0.4)."""
+    net = linear_model(0.5, -0.2)
+    x = torch.tensor([[2.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0]], dtype=torch.float64)
+    f64 = torch.float64
+    lrs = {
+        "head.weight": torch.full((1, 1), 0.1, dtype=f64),
+        "head.bias": torch.tensor(0.3, dtype=f64),
+    }
+    fast = maml.adapt(net, dict(net.named_parameters()), x, y, F.mse_loss, steps=1, lr=lrs)
+    assert fast["head.weight"].item() == pytest.approx(0.58, abs=1e-12)
+    assert fast["head.bias"].item() == pytest.approx(-0.08, abs=1e-12)
+
+
+def test_check_step_sizes_says_what_to_change():
+    params = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    maml.check_step_sizes(params, {"w": torch.zeros(2, 3), "b": torch.tensor(0.1)})
+    maml.check_step_sizes(params, {"w": torch.zeros(1, 3), "b": torch.zeros(3)})  # broadcasts
+    with pytest.raises(ValueError, match="exactly the names"):
+        maml.check_step_sizes(params, {"w": torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="exactly the names"):
+        maml.check_step_sizes(params, [torch.zeros(2, 3), torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"full_like\(params\['b'\]"):
+        maml.check_step_sizes(params, {"w": torch.zeros(2, 3), "b": torch.zeros(2)})
+    with pytest.raises(ValueError, match="must be a tensor"):
+        maml.check_step_sizes(params, {"w": torch.zeros(2, 3), "b": 0.1})
+
+
+@pytest.mark.parametrize("vectorise", [False, True])
+def test_step_size_paths_give_the_plain_loop_values_and_gradients(vectorise):
+    """Per-parameter step sizes through the fast loop and vmap: the plain loop's losses and
+    gradients (w.r.t. theta and the step sizes) in float64."""
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    g = torch.Generator().manual_seed(7)
+    lrs = {k: (0.1 + 0.3 * torch.rand(v.shape, generator=g, dtype=v.dtype)).requires_grad_()
+           for k, v in params.items()}  # fmt: skip
+    episode = random_episode(2, seed=8)
+    leaves = [*params.values(), *lrs.values()]
+    results = []
+    for config in (
+        MAMLConfig(2, vectorise=False, fast_loop=False),
+        MAMLConfig(2, vectorise=vectorise, fast_loop=True),
+    ):
+        losses = maml.task_losses(net, params, episode, F.cross_entropy, config, lrs)
+        results.append((losses, torch.autograd.grad(losses.mean(), leaves)))
+    (l_plain, g_plain), (l_other, g_other) = results
+    torch.testing.assert_close(l_other, l_plain, rtol=1e-12, atol=0)
+    for a, b in zip(g_other, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

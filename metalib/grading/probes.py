@@ -812,3 +812,10 @@ from metalib.grading.probes_0506 import (  # noqa: E402, F401
     tta_rotation,
     tta_tent,
 )
+
+# 08_meta_knowledge: its probes live in probes_08 (re-exported here like those of 05 and 06).
+from metalib.grading.probes_08 import (  # noqa: E402, F401
+    msgd_update,
+    rw_example_weights,
+    rw_step,
+)

@@ -1,0 +1,222 @@
+"""Meta-SGD: MAML whose inner step sizes are meta-learned too, one per parameter.
+
+Li, Zhou, Chen and Li (2017), "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning".
+MAML's inner step θ' = θ - α ∇L(θ, D^tr) uses one scalar α, chosen by hand. Meta-SGD makes α a
+tensor of θ's shape and learns it with θ, by the same outer objective:
+
+    min_{θ, α}  Σ_i L(θ - α ∘ ∇_θ L(θ, D_i^tr), D_i^ts),
+
+so the inner step can point in another direction than the gradient, and with another length per
+weight. The meta-gradient with respect to α is cheap: for one inner step it is
+-∇_θ L(θ, D^tr) ∘ ∇_θ' L(θ', D^ts), and it exists even for first-order MAML.
+
+Everything else is MAML's: the inner loop is :func:`metalib.maml.adapt` with a dict of step-size
+tensors in place of the scalar, on the per-task path or under ``torch.func.vmap`` (the step sizes
+are shared by all tasks, so ``vmap`` sees them as unbatched). With every step size equal to MAML's
+α, Meta-SGD computes exactly what MAML computes (``tests/test_meta_sgd.py``). The price: twice the
+parameters, and an elementwise product per inner step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalib import maml
+from metalib.maml import LossFn, MAMLConfig, Params, check_step_sizes
+from metalib.tasks import Episode
+from metalib.train import accuracy
+
+
+def inner_update(params: Params, grads: Params, lrs: Params) -> Params:
+    """One Meta-SGD inner step: ``{k: params[k] - lrs[k] * grads[k]}``, elementwise.
+
+    Args:
+        params: the weights θ by name.
+        grads: ∇L(θ) by name, each of its weight's shape.
+        lrs: the step sizes α by name, each of its weight's shape (or broadcastable to it:
+            a 0-d tensor gives MAML's scalar step).
+
+    Returns:
+        θ - α ∘ ∇L(θ), a new dict with the same names.
+    """
+    if set(grads) != set(params):
+        raise ValueError(
+            f"grads must have exactly the names of params ({sorted(params)[:3]}...), got "
+            f"{sorted(grads)[:3]}"
+        )
+    for k, g in grads.items():
+        if g.shape != params[k].shape:
+            raise ValueError(
+                f"grads[{k!r}] has shape {tuple(g.shape)}; expected {tuple(params[k].shape)}"
+            )
+    check_step_sizes(params, lrs)
+    return {k: params[k] - lrs[k] * grads[k] for k in params}
+
+
+def _key(name: str) -> str:
+    # ParameterDict keys may not contain "."; "-" never occurs in a Python attribute name
+    return name.replace(".", "-")
+
+
+class MetaSGD(nn.Module):
+    """A network and its learned inner step sizes, one tensor of its shape per parameter.
+
+    Args:
+        net: the network whose weights θ are adapted (e.g. ``MLP()`` or ``Conv4()``).
+        init: every step size starts at this number (MAML's tuned α: Meta-SGD then starts as
+            MAML); or ``(low, high)``, drawn uniformly, as the paper's [0.005, 0.1].
+        generator: the randomness of a ``(low, high)`` initialisation.
+
+    Attributes:
+        net: the network.
+        lrs: an ``nn.ParameterDict`` of the step sizes (keys: the names with "." -> "-");
+            :meth:`step_sizes` gives them by the network's parameter names.
+
+    Example:
+        >>> model = MetaSGD(MLP(), init=0.01)
+        >>> fast = maml.adapt(model.net, model.weights(), x, y, F.mse_loss, 1, model.step_sizes())
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        init: float | tuple[float, float] = 0.01,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(init, tuple):
+            if len(init) != 2 or not init[0] < init[1]:
+                raise ValueError(f"init as a range must be (low, high) with low < high, got {init}")
+        elif not isinstance(init, int | float) or isinstance(init, bool):
+            raise ValueError(f"init must be a number or a (low, high) pair, got {init!r}")
+        self.net = net
+        lrs = {}
+        for name, p in net.named_parameters():
+            a = torch.empty_like(p, requires_grad=False)  # keeps p's device, dtype and layout
+            with torch.no_grad():
+                if isinstance(init, tuple):
+                    u = torch.rand(p.shape, generator=generator, dtype=p.dtype)
+                    a.copy_(init[0] + (init[1] - init[0]) * u)
+                else:
+                    a.fill_(float(init))
+            lrs[_key(name)] = nn.Parameter(a)
+        self.lrs = nn.ParameterDict(lrs)
+
+    def weights(self) -> Params:
+        """The network's weights θ by name (the live parameters)."""
+        return dict(self.net.named_parameters())
+
+    def step_sizes(self) -> Params:
+        """The step sizes α by the network's parameter names (the live parameters)."""
+        return {name: self.lrs[_key(name)] for name, _ in self.net.named_parameters()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's outputs at θ (before any adaptation)."""
+        return self.net(x)
+
+
+def meta_gradient(
+    model: MetaSGD, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+) -> tuple[Params, Params, torch.Tensor]:
+    """Gradients of the mean adapted query loss with respect to θ and to the step sizes α.
+
+    The per-task path builds, differentiates and frees one task's graph at a time, like
+    :func:`metalib.maml.meta_gradient`; the vectorised path runs all tasks under ``vmap``.
+
+    Args:
+        model: the network and its step sizes.
+        episode: ``T`` tasks.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
+        config: the inner loop as for MAML (steps, first order, vectorise, fast loop); its
+            ``inner_lr`` is not used: the step sizes are ``model``'s.
+
+    Returns:
+        ``(grads_theta, grads_lrs, losses)``: two dicts by the network's parameter names, and
+        the per-task query losses ``(T,)`` (detached).
+    """
+    theta, lrs = model.weights(), model.step_sizes()
+    names = list(theta)
+    leaves = [*theta.values(), *(lrs[k] for k in names)]
+
+    def grads_of(loss: torch.Tensor) -> list[torch.Tensor]:
+        gs = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)]
+
+    if maml._vectorise(config, episode):
+        losses = maml.task_losses(model.net, theta, episode, loss_fn, config, lrs)
+        total = grads_of(losses.mean())
+    else:
+        total, per_task = [torch.zeros_like(v) for v in leaves], []
+        for t in range(len(episode)):
+            loss = maml.task_losses(model.net, theta, episode.task(t), loss_fn, config, lrs)[0]
+            total = [a + g for a, g in zip(total, grads_of(loss / len(episode)), strict=True)]
+            per_task.append(loss)
+        losses = torch.stack(per_task)
+    n = len(names)
+    grads_theta = dict(zip(names, total[:n], strict=True))
+    return grads_theta, dict(zip(names, total[n:], strict=True)), losses.detach()
+
+
+def meta_step(
+    model: MetaSGD,
+    optimizer: torch.optim.Optimizer,
+    episode: Episode,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+) -> dict[str, float]:
+    """One Meta-SGD update of θ and α with ``optimizer`` (over ``model.parameters()``).
+
+    Returns:
+        ``{"loss": mean query loss after adaptation, "mean_lr": mean step size}``, both
+        before the update.
+    """
+    grads_theta, grads_lrs, losses = meta_gradient(model, episode, loss_fn, config)
+    lrs = model.step_sizes()
+    with torch.no_grad():
+        mean_lr = torch.cat([a.flatten() for a in lrs.values()]).mean().item()
+    optimizer.zero_grad(set_to_none=True)
+    for k, p in model.weights().items():
+        p.grad = grads_theta[k]
+        lrs[k].grad = grads_lrs[k]
+    optimizer.step()
+    return {"loss": losses.mean().item(), "mean_lr": mean_lr}
+
+
+def detached(model: MetaSGD) -> tuple[Params, Params]:
+    """``(θ, α)`` detached: the starting point and step sizes for adaptation at test time."""
+    return (
+        {k: v.detach() for k, v in model.weights().items()},
+        {k: v.detach() for k, v in model.step_sizes().items()},
+    )
+
+
+def episode_outputs(
+    model: MetaSGD, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+) -> torch.Tensor:
+    """Query outputs ``(T, n_q, ...)`` after adapting with the learned step sizes (no graph)."""
+    theta, lrs = detached(model)
+    eval_config = dataclasses.replace(config, first_order=True)
+    return maml.episode_outputs(model.net, theta, episode, loss_fn, eval_config, lrs).detach()
+
+
+def accuracy_fn(
+    model: MetaSGD, config: MAMLConfig, loss_fn: LossFn = F.cross_entropy
+) -> Callable[[Episode], torch.Tensor]:
+    """A function ``episode -> (T,) query accuracies`` after adaptation, for ``train.evaluate``."""
+    device = next(model.parameters()).device
+
+    def fn(episode: Episode) -> torch.Tensor:
+        episode = episode.to(device)
+        return accuracy(episode_outputs(model, episode, loss_fn, config), episode.query_y)
+
+    return fn
+
+
+def step_size_summary(model: MetaSGD) -> list[tuple[str, torch.Tensor]]:
+    """Each parameter tensor's step sizes, flattened, by name: ``[(name, (numel,)), ...]``."""
+    return [(k, v.detach().flatten().cpu()) for k, v in model.step_sizes().items()]
