@@ -38,7 +38,6 @@ def grade(folder: Path, out: Path, *extra: str) -> tuple[float, list[float]]:
 
 
 def main() -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

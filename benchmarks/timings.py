@@ -58,7 +58,6 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("METALIB_PROGRESS", "0")
     os.environ.setdefault("METALIB_THREADS", "2")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     rows: list[tuple[str, float, str]] = []
     for path in sorted((ROOT / "chapters").glob("*.ipynb")):
