@@ -320,25 +320,43 @@ def meta_gradient(
             "{k: v.detach().requires_grad_() ...} or the model's own parameters"
         )
     names, leaves = list(params), list(params.values())
+    grads, losses = mean_task_gradients(
+        leaves, episode, config, lambda ep: task_losses(model, params, ep, loss_fn, config)
+    )
+    return dict(zip(names, grads, strict=True)), losses
+
+
+def mean_task_gradients(
+    leaves: list[torch.Tensor],
+    episode: Episode,
+    config: MAMLConfig,
+    losses_of: Callable[[Episode], torch.Tensor],
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """∇ (1/T) Σ_i L_i with respect to ``leaves`` (zeros for unused ones), and the losses.
+
+    ``losses_of(episode) -> (T,)`` adapted query losses. On the per-task path each task's graph
+    is built, differentiated and freed before the next (memory of one task at a time); the
+    vectorised path (:data:`MAMLConfig.vectorise`) differentiates all tasks at once. Shared by
+    MAML's and Meta-SGD's meta-gradients.
+
+    Returns:
+        ``(grads, losses)``: one gradient per leaf, in order, and the losses ``(T,)`` detached.
+    """
     if _vectorise(config, episode):
-        losses = task_losses(model, params, episode, loss_fn, config)
+        losses = losses_of(episode)
         grads = torch.autograd.grad(losses.mean(), leaves, allow_unused=True)
-        return _named(names, leaves, grads), losses.detach()
+        grads = [
+            torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads, strict=True)
+        ]
+        return grads, losses.detach()
     total = [torch.zeros_like(v) for v in leaves]
     losses = []
     for t in range(len(episode)):
-        loss = task_losses(model, params, episode.task(t), loss_fn, config)[0]
+        loss = losses_of(episode.task(t))[0]
         grads = torch.autograd.grad(loss / len(episode), leaves, allow_unused=True)
         total = [a if g is None else a + g for a, g in zip(total, grads, strict=True)]
         losses.append(loss.detach())
-    return dict(zip(names, total, strict=True)), torch.stack(losses)
-
-
-def _named(names: list[str], leaves: list[torch.Tensor], grads) -> Params:
-    return {
-        k: torch.zeros_like(v) if g is None else g
-        for k, v, g in zip(names, leaves, grads, strict=True)
-    }
+    return total, torch.stack(losses)
 
 
 def meta_step(

@@ -143,23 +143,15 @@ def meta_gradient(
     names = list(theta)
     leaves = [*theta.values(), *(lrs[k] for k in names)]
 
-    def grads_of(loss: torch.Tensor) -> list[torch.Tensor]:
-        gs = torch.autograd.grad(loss, leaves, allow_unused=True)
-        return [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)]
-
-    if maml._vectorise(config, episode):
-        losses = maml.task_losses(model.net, theta, episode, loss_fn, config, lrs)
-        total = grads_of(losses.mean())
-    else:
-        total, per_task = [torch.zeros_like(v) for v in leaves], []
-        for t in range(len(episode)):
-            loss = maml.task_losses(model.net, theta, episode.task(t), loss_fn, config, lrs)[0]
-            total = [a + g for a, g in zip(total, grads_of(loss / len(episode)), strict=True)]
-            per_task.append(loss)
-        losses = torch.stack(per_task)
+    total, losses = maml.mean_task_gradients(
+        leaves,
+        episode,
+        config,
+        lambda ep: maml.task_losses(model.net, theta, ep, loss_fn, config, lrs),
+    )
     n = len(names)
     grads_theta = dict(zip(names, total[:n], strict=True))
-    return grads_theta, dict(zip(names, total[n:], strict=True)), losses.detach()
+    return grads_theta, dict(zip(names, total[n:], strict=True)), losses
 
 
 def meta_step(
