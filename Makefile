@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export METALIB_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit lint strip exercises grade gradescope lock bench clean
+.PHONY: help setup book check-book test test-unit test-gpu lint strip exercises grade gradescope lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ test: $(STAMP)  ## Lint, unit tests, then every chapter and solution notebook ex
 
 test-unit: $(STAMP)  ## Only the unit tests of metalib (fast)
 	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider
+
+# `make test-gpu [BUDGET=long] [DEVICE=cuda:1]`: benchmarks/gpu.py, on a machine with a GPU.
+test-gpu: $(STAMP)  ## Every notebook and the unit tests on the GPU; writes benchmarks/results/gpu.md
+	$(BIN)/python benchmarks/gpu.py --device $(or $(DEVICE),cuda) --budget $(or $(BUDGET),default)
 
 lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ adds well under a millisecond). The paths:
 Times are medians over ``--rounds`` interleaved rounds after a warm-up round; a ratio is the
 median of the per-round ratios plain / path, so both sides ran under the same load. Peak memory
 is the peak RSS increase during one meta-iteration after a warm-up, each variant in a fresh
-process (CUDA: ``torch.cuda.max_memory_allocated``). FLOPs: ``FlopCounterMode`` on one
+process (a GPU: its allocator's peak, runtime.device_peak_mb). FLOPs: ``FlopCounterMode`` on one
 meta-iteration. The gradient check compares every path with the plain loop task by task, in
 float64 and in float32. The ablation times each candidate speed-up alone (meta-batch 16, one
 inner step) and one thread against two; the profiles list the ops that dominate before and
@@ -58,7 +58,14 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from metalib.maml import MAMLConfig, meta_gradient  # noqa: E402
 from metalib.nets import BatchStatNorm2d, Conv4, forward_with, fused_batch_norm  # noqa: E402
-from metalib.runtime import device, progress, seed_everything, set_threads  # noqa: E402
+from metalib.runtime import (  # noqa: E402
+    device,
+    device_peak_mb,
+    progress,
+    seed_everything,
+    set_threads,
+    synchronize,
+)
 from metalib.tasks import Episode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +123,7 @@ def variant(net, path: str, steps: int, first_order: bool):
 
 def one_iteration(model, params, episode, config) -> dict[str, torch.Tensor]:
     grads, _ = meta_gradient(model, params, episode, F.cross_entropy, config)
-    if episode.support_x.is_cuda:
-        torch.cuda.synchronize()
+    synchronize()  # an accelerator's queued kernels count in the time
     return grads
 
 
@@ -197,11 +203,9 @@ def measure_memory(spec: dict) -> float:
     model, config = variant(net, spec["path"], spec["steps"], spec["first_order"])
     one_iteration(model, params, episode, config)
     gc.collect()
-    if episode.support_x.is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        one_iteration(model, params, episode, config)
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    dev = episode.support_x.device
+    if dev.type != "cpu":
+        return device_peak_mb(lambda: one_iteration(model, params, episode, config), dev)
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     before = _status_kb("VmRSS")
     one_iteration(model, params, episode, config)

@@ -104,10 +104,10 @@ def source_digest(sources: Sequence[Path] | None = None) -> str:
     return disk.digest(*(source_files() if sources is None else [Path(p) for p in sources]))
 
 
-def cache_key(name: str, settings: dict, code: str, device: torch.device) -> str:
+def cache_key(name: str, settings: dict, code: str, device: torch.device, seed: int = 0) -> str:
     """The key of one trained learner: its code (:func:`source_digest`), name, settings, torch's
-    version and the device type."""
-    return disk.digest(code, name, sorted(settings.items()), torch.__version__, device.type)
+    version, the device type and the training seed."""
+    return disk.digest(code, name, sorted(settings.items()), torch.__version__, device.type, seed)
 
 
 def _slug(name: str) -> str:
@@ -142,18 +142,15 @@ def _cached_training(
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
     """Peak memory above the starting level while ``fn()`` runs, in MB; ``None`` if unknown.
 
-    CUDA: the allocator's peak. Linux: the peak resident set (VmHWM, reset through
-    ``/proc/self/clear_refs`` as ``benchmarks/maml_speed.py`` does) above the RSS before, with
-    glibc told to return every freed block of 64 kB or more to the system at once (and trimmed
-    first), so that memory kept by the allocator neither hides nor inflates the peak. glibc's
-    threshold is left fixed at 32 MB afterwards (its dynamic maximum). Elsewhere: ``None``.
+    An accelerator: its allocator's peak (:func:`metalib.runtime.device_peak_mb`). The CPU on
+    Linux: the peak resident set (VmHWM, reset through ``/proc/self/clear_refs`` as
+    ``benchmarks/maml_speed.py`` does) above the RSS before, with glibc told to return every
+    freed block of 64 kB or more to the system at once (and trimmed first), so that memory kept by
+    the allocator neither hides nor inflates the peak. glibc's threshold is left fixed at 32 MB
+    afterwards (its dynamic maximum). Elsewhere: ``None``.
     """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if device.type != "cpu":
+        return runtime.device_peak_mb(fn, device)
     status, refs = Path("/proc/self/status"), Path("/proc/self/clear_refs")
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -201,7 +198,8 @@ def compare(
         n_episodes: test episodes per shot setting (``None``: 300, ``long`` budget 600).
         queries: query images per class in the test episodes.
         budget: the run budget that picks the training settings (``None``: ``runtime.budget()``).
-        seed: seeds the test episodes and every method's training.
+        seed: seeds the test episodes and every method's training (training: shifted by
+            ``METALIB_SEED``, as :func:`metalib.runtime.seed_everything` is).
         cache: reuse and store meta-trained weights in ``folder``.
         data: ``(train, test)`` splits (``None``: Glyphs' ``train`` and ``test``, 20 per class).
         overrides: per method name, settings that replace the budget's (e.g. fewer steps).
@@ -244,8 +242,10 @@ def compare(
     code = disk.digest(source_digest(sources), train.name, train.images.numpy().tobytes())
     folder = (runtime.cache_dir() / "compare") if folder is None else Path(folder)
 
+    train_seed = seed + runtime.seed_shift()
+
     def path(name: str, settings: dict) -> Path | None:
-        return folder / f"{_slug(name)}-{cache_key(name, settings, code, device)}.pt"
+        return folder / f"{_slug(name)}-{cache_key(name, settings, code, device, train_seed)}.pt"
 
     backbones: dict[str, tuple[nn.Module, float, bool]] = {}  # by cache key of its settings
     embedded: dict[tuple[str, str], tuple[FeatureClasses, float]] = {}
@@ -253,7 +253,7 @@ def compare(
     def backbone(settings: dict) -> tuple[nn.Module, float, bool]:
         key = repr(sorted(settings.items()))
         if key not in backbones:
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(train_seed)
             backbones[key] = _cached_training(
                 path("backbone", settings) if cache else None,
                 lambda: registry.build_backbone(settings, train, device),
@@ -288,9 +288,9 @@ def compare(
         if method.train is None:
             model, seconds = method.build(settings, inputs), 0.0
         else:
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(train_seed)
             with torch.random.fork_rng(devices=[]):  # networks draw their initial weights
-                torch.manual_seed(seed)
+                torch.manual_seed(train_seed)
                 model, seconds, cached_own = _cached_training(
                     path(name, settings) if cache else None,
                     partial(method.build, settings, inputs),
@@ -370,12 +370,10 @@ def _evaluate(
         if not torch.equal(images.classes, ep.classes):
             raise RuntimeError("feature episodes drifted from the image episodes")  # a bug
         images, ep = (images.to(device) if encoder is not None else images), ep.to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        runtime.synchronize()
         start = time.perf_counter()
         logits = adapt(images, ep)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        runtime.synchronize()
         seconds += time.perf_counter() - start
         accs.append(accuracy(logits.float(), ep.query_y).cpu())
     return mean_ci95(torch.cat(accs), percent=True), 1000 * seconds / len(episodes), peak_mb

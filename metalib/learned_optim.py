@@ -282,7 +282,8 @@ def learned_curve(optimizer: LSTMOptimizer, loss_fn: LossFn, theta0: Tensor, ste
         steps: how many updates.
 
     Returns:
-        ``(steps + 1, B)`` losses: row t is ``loss_fn(theta_t, t)``, as in :func:`unroll`.
+        ``(steps + 1, B)`` losses on the CPU (a measurement, for tables and figures): row t is
+        ``loss_fn(theta_t, t)``, as in :func:`unroll`.
     """
     if theta0.dim() != 2 or steps < 1:
         raise ValueError(f"need theta0 (B, P) and steps >= 1, got {tuple(theta0.shape)}, {steps}")
@@ -301,4 +302,4 @@ def learned_curve(optimizer: LSTMOptimizer, loss_fn: LossFn, theta0: Tensor, ste
         with torch.no_grad():
             update, state = optimizer(grad.flatten(), state)
             theta = theta + update.view_as(theta)
-    return torch.stack(losses)
+    return torch.stack(losses).cpu()

@@ -481,10 +481,10 @@ def adaptation_curve(
     Adapts ``params`` (default: the model's current weights, detached) on each task's support
     set with plain gradient steps of size ``lr`` (a number, or per-parameter step sizes as in
     :func:`adapt`), vectorised over the tasks, and evaluates the query loss after every step.
-    No outer graph is kept.
+    No outer graph is kept. A measurement for tables and figures, so it comes back on the CPU.
 
     Returns:
-        ``(T, steps + 1)`` query losses; column 0 is before any adaptation.
+        ``(T, steps + 1)`` query losses on the CPU; column 0 is before any adaptation.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int of at least 0, got {steps!r}")
@@ -503,4 +503,4 @@ def adaptation_curve(
         return torch.stack(losses)
 
     e = episode
-    return vmap(one)(e.support_x, e.support_y, e.query_x, e.query_y).detach()
+    return vmap(one)(e.support_x, e.support_y, e.query_x, e.query_y).detach().cpu()

@@ -200,8 +200,8 @@ def torch_curve(
     coordinate separately, so each problem is optimized as if alone.
 
     Returns:
-        ``(steps + 1, B)`` losses: row t is ``loss_fn(theta_t, t)``, as in
-        :func:`metalib.learned_optim.learned_curve`.
+        ``(steps + 1, B)`` losses on the CPU (a measurement): row t is ``loss_fn(theta_t, t)``,
+        as in :func:`metalib.learned_optim.learned_curve`.
     """
     if theta0.dim() != 2 or steps < 1:
         raise ValueError(f"need theta0 (B, P) and steps >= 1, got {tuple(theta0.shape)}, {steps}")
@@ -220,7 +220,7 @@ def torch_curve(
         opt.zero_grad()
         loss.sum().backward()
         opt.step()
-    return torch.stack(losses)
+    return torch.stack(losses).cpu()
 
 
 def tune_lr(

@@ -3,6 +3,9 @@
 Every function draws on a matplotlib ``Axes`` it is given (or a new figure) and returns the
 figure, labelled, so a chapter can adjust it before showing it. :func:`book_style`, called once
 in every chapter's setup, gives all the book's figures the same look.
+
+Tensors may live on any device: each function copies what it draws to the CPU (matplotlib reads
+NumPy arrays, which a GPU tensor cannot become), so a chapter passes its results as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ BOOK_STYLE = {
 }
 
 
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached and on the CPU, ready for ``.numpy()`` (a no-op for a CPU tensor)."""
+    return t.detach().to("cpu")
+
+
 def book_style() -> None:
     """Apply :data:`BOOK_STYLE` to matplotlib's defaults (idempotent; for a chapter's setup)."""
     plt.rcParams.update(BOOK_STYLE)
@@ -47,11 +55,12 @@ def image_grid(
     """Draw a grid of single-channel images.
 
     Args:
-        images: ``(R, C, 1, H, W)`` or ``(R, C, H, W)`` float in [0, 1], ink = 1.
+        images: ``(R, C, 1, H, W)`` or ``(R, C, H, W)`` float in [0, 1], ink = 1, on any device.
         row_labels: R labels drawn left of the rows.
         title: figure title.
         scale: inches per image.
     """
+    images = _cpu(images)
     if images.dim() == 5:
         images = images[:, :, 0]
     if images.dim() != 4:
@@ -61,7 +70,7 @@ def image_grid(
     for r in range(rows):
         for c in range(cols):
             ax = axes[r, c]
-            ax.imshow(images[r, c].detach().cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(images[r, c].numpy(), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
         if row_labels is not None:
@@ -78,15 +87,16 @@ def episode_grid(
     """Draw one task of an episode: a row per label, its support images, then its query images.
 
     Args:
-        episode: an image episode (``support_x`` of shape ``(T, N*K, 1, H, W)``).
+        episode: an image episode (``support_x`` of shape ``(T, N*K, 1, H, W)``), on any device.
         task: which of the T tasks to draw.
         class_names: names of the original classes, indexed by ``episode.classes``.
         max_queries: at most this many query images per row.
     """
     if episode.support_x.dim() != 5:
         raise ValueError("episode_grid draws image episodes; this episode's inputs are not images")
-    sx, sy = episode.support_x[task], episode.support_y[task]
-    qx, qy = episode.query_x[task], episode.query_y[task]
+    episode = episode.task(task).to("cpu")
+    sx, sy = episode.support_x[0], episode.support_y[0]
+    qx, qy = episode.query_x[0], episode.query_y[0]
     n_way = int(sy.max()) + 1
     k_shot = int((sy == 0).sum())
     q = min(int((qy == 0).sum()), max_queries)
@@ -100,7 +110,7 @@ def episode_grid(
     grid = torch.stack(rows)  # (N, K + 1 + q, 1, H, W)
     labels = [f"label {j}" for j in range(n_way)]
     if class_names is not None and episode.classes is not None:
-        labels = [f"{j}: {class_names[int(c)][:22]}" for j, c in enumerate(episode.classes[task])]
+        labels = [f"{j}: {class_names[int(c)][:22]}" for j, c in enumerate(episode.classes[0])]
     fig = image_grid(grid, row_labels=labels, scale=0.9)
     fig.suptitle(f"{n_way}-way {k_shot}-shot task: support (left) | query (right)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave room for the title above the captions
@@ -188,12 +198,14 @@ def regression_fits(
         truth: ``(P, 1)`` the task's true outputs on ``grid``.
         support: ``(x (K, 1), y (K, 1))``, the points the models adapted on.
         predictions: label -> ``(P, 1)`` a model's outputs on ``grid``.
+
+    Each tensor may be on any device.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
 
     def curve(t: torch.Tensor) -> np.ndarray:  # (P, 1) tensor -> (P,) array for matplotlib
-        return t.detach().cpu().squeeze(-1).numpy()
+        return _cpu(t).squeeze(-1).numpy()
 
     x = curve(grid)
     ax.plot(x, curve(truth), color="black", linewidth=2, label="true function")

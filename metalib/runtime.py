@@ -6,20 +6,26 @@ unchanged on a laptop CPU and on a GPU:
 * ``device()`` picks CUDA when it is present, else the CPU; ``METALIB_DEVICE=cpu`` (or ``cuda``,
   ``cuda:1``, ``mps``) forces one.
 * ``seed_everything(seed)`` seeds Python, NumPy and torch and returns a ``torch.Generator`` for
-  code that takes its randomness explicitly.
+  code that takes its randomness explicitly; ``METALIB_SEED=s`` shifts every such seed by ``s``,
+  to check that a chapter's claims hold across seeds (``benchmarks/seeds.py``).
 * ``budget()`` is the run budget: ``default`` fits every chapter into a few minutes on a 2-core
   CPU; ``METALIB_BUDGET=long`` runs closer to the papers' settings (minutes on a GPU).
 * ``progress(iterable)`` is the one progress bar (tqdm; ``METALIB_PROGRESS=0`` turns bars off,
   as the book build does so that no bar clutters the HTML).
 * ``cache_dir()`` is where rendered datasets and downloads are kept (``METALIB_CACHE``, else
   ``~/.cache/metalib``).
+* ``describe()`` names the device for a results table; ``synchronize()``, ``device_peak_mb()``
+  and ``timing_claim()`` are what timing and memory
+  measurements need to know about the device: an accelerator runs queued kernels
+  asynchronously, keeps its own allocator statistics, and is launch-bound on small operations,
+  so a claim about time is asserted only on the CPU.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +38,7 @@ ENV_BUDGET = "METALIB_BUDGET"
 ENV_CACHE = "METALIB_CACHE"
 ENV_THREADS = "METALIB_THREADS"
 ENV_PROGRESS = "METALIB_PROGRESS"
+ENV_SEED = "METALIB_SEED"
 
 T = TypeVar("T")
 
@@ -66,14 +73,35 @@ def device() -> torch.device:
     return dev
 
 
+def seed_shift() -> int:
+    """``METALIB_SEED`` as an int (0 when unset): the amount every seed of a run is shifted by.
+
+    ``METALIB_SEED=3`` runs a chapter as if each of its ``seed_everything(s)`` calls read
+    ``seed_everything(s + 3)``: other initial weights and other training draws, the same code.
+    ``benchmarks/seeds.py`` uses it to measure how far a chapter's numbers move between seeds.
+    """
+    env = os.environ.get(ENV_SEED, "").strip()
+    try:
+        shift = int(env) if env else 0
+    except ValueError:
+        shift = -1
+    if shift < 0:
+        raise ValueError(
+            f"{ENV_SEED}={env!r} is not a non-negative integer; set it to e.g. 1, or unset it"
+        )
+    return shift
+
+
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python's, NumPy's and torch's global generators; return a fresh seeded generator.
 
     Called once at the top of each chapter and of the test session. Library code never relies on
     the global state: samplers take the returned ``torch.Generator`` (or a seed) explicitly.
+    The seed used is ``seed + seed_shift()`` (``METALIB_SEED``, 0 unless set).
     """
-    if not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed += seed_shift()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -148,3 +176,71 @@ def progress(iterable: Iterable[T] | None = None, **kwargs: Any):
     kwargs.setdefault("disable", off)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def describe(dev: torch.device | None = None) -> str:
+    """The device in words, with torch's version: ``"cuda:0 (NVIDIA H200), torch 2.11.0+cu130,
+    CUDA 13.0"`` or ``"cpu (x86_64, 2 cores), torch 2.13.0+cpu"`` (``None``: :func:`device`)."""
+    import platform
+
+    dev = device() if dev is None else torch.device(dev)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        return f"{dev} ({name}), torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{dev} ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+
+
+def synchronize() -> None:
+    """Wait until every kernel queued on an accelerator has run (a no-op on the CPU).
+
+    CUDA (and MPS) return from an operation as soon as it is queued, so a clock read right after
+    it measures the queueing, not the work; :class:`metalib.train.Timer` calls this at its start
+    and end.
+    """
+    if torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
+    if torch.backends.mps.is_available():
+        torch.mps.synchronize()
+
+
+def device_peak_mb(fn: Callable[[], object], dev: torch.device) -> float | None:
+    """Peak memory the accelerator's allocator held above its starting level while ``fn()`` ran.
+
+    Returns:
+        Megabytes (2**20 bytes) on CUDA; ``None`` on any other device, which keeps no allocator
+        statistics (``fn`` is then not run: the caller measures the process, or reports nothing).
+    """
+    if dev.type != "cuda":
+        return None
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev)
+    fn()
+    torch.cuda.synchronize(dev)
+    return (torch.cuda.max_memory_allocated(dev) - before) / 2**20
+
+
+def timing_claim(holds: bool, claim: str, dev: torch.device | None = None) -> bool:
+    """Assert a claim about time on the CPU; elsewhere return whether it held, without asserting.
+
+    On a CPU every floating-point operation costs time, so "A costs more than B" follows from
+    the work each does. On a GPU small operations cost about the same launch overhead whatever
+    they compute, so the same comparison can come out either way: there the chapter shows the
+    numbers but does not assert them.
+
+    Args:
+        holds: whether the measured times satisfy the claim.
+        claim: the claim in words, for the error message.
+        dev: the device the times were measured on (``None``: :func:`device`).
+
+    Returns:
+        ``holds``.
+
+    Raises:
+        AssertionError: on the CPU, when the claim does not hold.
+    """
+    dev = device() if dev is None else torch.device(dev)
+    if dev.type == "cpu" and not holds:
+        raise AssertionError(f"on the CPU, {claim}: the measured times say otherwise")
+    return bool(holds)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalib.runtime import progress
+from metalib.runtime import progress, synchronize
 from metalib.tasks import Episode, FixedEpisodes
 
 
@@ -278,6 +278,9 @@ def episode_accuracy_fn(model: nn.Module) -> Callable[[Episode], torch.Tensor]:
 class Timer:
     """Wall-clock time of a ``with`` block, in ``seconds`` (``time.perf_counter``).
 
+    On an accelerator the clock is read after the queued kernels have run
+    (:func:`metalib.runtime.synchronize`), so the time is that of the work, not of queueing it.
+
     Example:
         >>> with Timer() as t:
         ...     train()
@@ -291,10 +294,12 @@ class Timer:
         self._seconds = 0.0
 
     def __enter__(self) -> Timer:
+        synchronize()
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        synchronize()
         self._seconds = time.perf_counter() - self._start
         self._start = None
 

@@ -337,7 +337,8 @@ def batch_errors(
         batch_size: images per test batch (the last one may be smaller).
 
     Returns:
-        ``(ceil(N / batch_size),)`` error rates in ``[0, 1]``.
+        ``(ceil(N / batch_size),)`` error rates in ``[0, 1]``, on the CPU (a measurement, for
+        tables and figures).
     """
     if batch_size < 1 or len(images) != len(labels) or len(images) == 0:
         raise ValueError(
@@ -348,7 +349,7 @@ def batch_errors(
     for start in progress(range(0, len(images), batch_size), desc=desc, leave=False):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         out.append((predict(x).argmax(-1) != y).double().mean())
-    return torch.stack(out)
+    return torch.stack(out).cpu()
 
 
 def error(

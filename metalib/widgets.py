@@ -89,7 +89,7 @@ def adaptation_explorer(
 
     Args:
         models: label -> a regression network ``(n, 1) -> (n, 1)`` (e.g. MAML's and a
-            pre-trained baseline); never modified.
+            pre-trained baseline), on any device (each adapts on its own); never modified.
         family: where the tasks come from.
         k_shot, max_steps, lr: the sliders' initial values (steps up to ``max_steps``).
     """
@@ -97,6 +97,9 @@ def adaptation_explorer(
 
     if not models:
         raise ValueError("adaptation_explorer needs at least one model")
+    empty = [label for label, model in models.items() if next(model.parameters(), None) is None]
+    if empty:
+        raise ValueError(f"models {empty} have no parameters to adapt; pass regression networks")
     steps = w.IntSlider(1, min=0, max=max_steps, description="inner steps")
     rate = w.FloatLogSlider(lr, base=10, min=-3, max=-0.5, description="inner lr α")
     shots = w.IntSlider(k_shot, min=1, max=20, description="shots (K)")
@@ -107,12 +110,16 @@ def adaptation_explorer(
     def draw(*_):
         task = family.sample(1, shots.value, 1, generator=seed.value)
         sx, sy = task["support_x"][0], task["support_y"][0]
-        truth = family.f(grid[None], task["amplitude"], task["phase"])[0]
+        truth = family.f(grid[None], task["amplitude"], task["phase"])[0]  # (P, 1), CPU
         predictions = {}
         for label, model in models.items():
             p = {k: v.detach() for k, v in model.named_parameters()}
-            fast = adapt(model, p, sx, sy, F.mse_loss, steps.value, rate.value, first_order=True)
-            y = forward_with(model, fast, grid).detach()
+            dev = next(iter(p.values())).device  # the task goes to the model, the curve back
+            fast = adapt(
+                model, p, sx.to(dev), sy.to(dev), F.mse_loss, steps.value, rate.value,
+                first_order=True,
+            )  # fmt: skip
+            y = forward_with(model, fast, grid.to(dev)).detach().cpu()
             predictions[f"{label} (MSE {F.mse_loss(y, truth).item():.2f})"] = y
         with out:
             out.clear_output(wait=True)

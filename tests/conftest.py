@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,75 @@ def omniglot_dir() -> Path:
     if not any(OMNIGLOT_DIR.glob("images_background_small*.zip")):
         pytest.skip(f"Omniglot zips not found in {OMNIGLOT_DIR}")
     return OMNIGLOT_DIR
+
+
+def _meta_reads_as_zeros(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let meta tensors be read back to the host as zeros, as a GPU tensor is read back.
+
+    The meta device holds shapes and no values. It already refuses what a GPU refuses — an
+    operation mixing it with CPU tensors ("... is not on the expected device meta") and
+    ``.numpy()`` ("can't convert meta device type tensor to numpy") — but it also refuses what a
+    GPU allows: copying to the CPU, ``.item()``, ``.tolist()``, ``float()``, ``bool()``. Patched
+    here, those return zeros of the right shape and type, so a helper runs on to the end and any
+    place where it skips the copy to the CPU, or builds CPU tensors for a model elsewhere,
+    raises as it would on a GPU.
+    """
+
+    def zeros(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.zeros(t.shape, dtype=dtype or t.dtype)
+
+    def patch(name: str, wrap):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, wrap(original))
+
+    def to_cpu(original):  # t.cpu()
+        def method(self, *args, **kwargs):
+            return zeros(self) if self.is_meta else original(self, *args, **kwargs)
+
+        return method
+
+    def to_device(original):  # t.to(...), reading back when the target is the CPU
+        def method(self, *args, **kwargs):
+            if self.is_meta:
+                parse = {k: v for k, v in kwargs.items() if k != "copy"}
+                dev, dtype, *_ = torch._C._nn._parse_to(*args, **parse)
+                if dev is not None and dev.type == "cpu":
+                    return zeros(self, dtype)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    def as_value(original):  # item(), tolist(), float(), int(), bool(), index(), format()
+        def method(self, *args, **kwargs):
+            if self.is_meta:
+                return original(zeros(self), *args, **kwargs)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    patch("cpu", to_cpu)
+    patch("to", to_device)
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__format__"):
+        patch(name, as_value)
+
+
+@pytest.fixture(params=["meta", "accelerator"])
+def device_under_test(request, monkeypatch) -> torch.device:
+    """A device other than the CPU, for tests that metalib's helpers follow their inputs' device.
+
+    ``meta`` always (values read back as zeros, see :func:`_meta_reads_as_zeros`); and the real
+    accelerator when ``METALIB_DEVICE`` names one (``make test-gpu`` sets ``METALIB_DEVICE=cuda``),
+    where the same tests run on real values.
+    """
+    if request.param == "meta":
+        _meta_reads_as_zeros(monkeypatch)
+        # a boolean mask selects every element (the meta device cannot count them)
+        with torch.fx.experimental._config.patch(meta_nonzero_assume_all_nonzero=True):
+            yield torch.device("meta")
+        return
+    forced = os.environ.get("METALIB_DEVICE", "").strip()
+    if not forced or torch.device(forced).type == "cpu":
+        pytest.skip("no accelerator named by METALIB_DEVICE (make test-gpu sets it)")
+    from metalib.runtime import device
+
+    yield device()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -46,6 +47,20 @@ def test_committed_without_outputs(path):
     )
 
 
+SHOW_WITH_ARGUMENT = re.compile(r"plt\.show\(\s*[^)\s]")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_plt_show_is_called_without_a_figure(path):
+    """``pyplot.show`` takes no figure: ``plt.show(fig)`` works only because the inline backend
+    reads the figure as its ``close`` argument; a script or another front end raises."""
+    nb = json.loads((ROOT / path).read_text())
+    for i, cell in enumerate(nb["cells"]):
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and SHOW_WITH_ARGUMENT.search(source):
+            raise AssertionError(f"{path}, cell {i}: call plt.show() without arguments")
+
+
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.startswith("chapters/")])
 def test_chapter_shape(path):
     """Each chapter seeds itself, uses metalib, and asserts the claims it teaches."""
@@ -56,4 +71,8 @@ def test_chapter_shape(path):
     assert "book_style()" in code, f"{path}: call metalib.plots.book_style() in the setup cell"
     assert "assert " in code, f"{path}: assert the claims the chapter teaches"
     assert "pip install" not in code, f"{path}: dependencies belong in pyproject.toml"
+    assert not SHOW_WITH_ARGUMENT.search(code), (
+        f"{path}: plt.show() takes no figure; call plt.show() (plt.show(fig) works only under "
+        "the inline backend, and raises under others)"
+    )
     assert "{glue:" in text, f"{path}: numbers in the prose come from the code (myst-nb glue)"

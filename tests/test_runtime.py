@@ -26,7 +26,7 @@ from metalib.runtime import (
 @pytest.fixture
 def no_env(monkeypatch):
     """Start each test from an environment without any METALIB_* variable."""
-    for name in ("DEVICE", "BUDGET", "CACHE", "THREADS", "PROGRESS"):
+    for name in ("DEVICE", "BUDGET", "CACHE", "THREADS", "PROGRESS", "SEED"):
         monkeypatch.delenv(f"METALIB_{name}", raising=False)
     return monkeypatch
 
@@ -131,6 +131,25 @@ def test_seed_everything_large_seed_wraps_for_numpy():
 def test_seed_everything_rejects_bad_seeds(bad):
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         seed_everything(bad)
+
+
+def test_seed_shift_moves_every_seed_by_the_same_amount(no_env):
+    assert runtime.seed_shift() == 0
+    no_env.setenv("METALIB_SEED", "3")
+    assert runtime.seed_shift() == 3
+    g = seed_everything(4)  # seeds 4 + 3
+    assert g.initial_seed() == 7
+    drawn = torch.rand(3)
+    no_env.delenv("METALIB_SEED")
+    seed_everything(7)
+    torch.testing.assert_close(torch.rand(3), drawn, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
+def test_seed_shift_rejects_what_is_not_a_count(no_env, bad):
+    no_env.setenv("METALIB_SEED", bad)
+    with pytest.raises(ValueError, match="METALIB_SEED=.* is not a non-negative integer"):
+        seed_everything(0)
 
 
 # set_threads ------------------------------------------------------------------------------------
@@ -255,3 +274,34 @@ def test_progress_explicit_disable_wins_and_total_is_passed(no_env):
     with progress(total=5) as bar:  # manual bar without an iterable
         bar.update(5)
         assert bar.disable is True
+
+
+# timing and memory on a device --------------------------------------------------------------------
+
+
+def test_timing_claim_is_asserted_on_the_cpu_only():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a plain value: no GPU needed
+    assert runtime.timing_claim(True, "A is slower than B", cpu) is True
+    with pytest.raises(AssertionError, match="on the CPU, A is slower than B"):
+        runtime.timing_claim(False, "A is slower than B", cpu)
+    assert runtime.timing_claim(False, "A is slower than B", gpu) is False  # shown, not asserted
+    assert runtime.timing_claim(True, "A is slower than B", "meta") is True
+
+
+def test_timing_claim_follows_the_runtime_device(no_env):
+    no_env.setenv("METALIB_DEVICE", "cpu")
+    with pytest.raises(AssertionError):
+        runtime.timing_claim(False, "claim")
+
+
+def test_synchronize_and_peak_memory_without_an_accelerator():
+    runtime.synchronize()  # nothing queued anywhere: returns at once
+    calls = []
+    for dev in (torch.device("cpu"), torch.device("meta")):
+        assert runtime.device_peak_mb(lambda: calls.append(1), dev) is None
+    assert calls == []  # nothing to measure: fn is not run
+
+
+def test_describe_names_the_device_and_torch():
+    text = runtime.describe(torch.device("cpu"))
+    assert text.startswith("cpu (") and f"torch {torch.__version__}" in text
