@@ -17,9 +17,15 @@ Writes a Markdown table (notebook, result, seconds, budget, device, torch) to ``
 every notebook's latest result in a JSON record beside it (``gpu.json``), which the long run reads
 the default budget's numbers from.
 
-On a machine without this project's ``.venv`` (a GPU box with its own torch), put the lock's other
-packages on ``PYTHONPATH`` and run it with that Python, e.g.
-``PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu.py``.
+On a machine without this project's ``.venv`` (a GPU box with its own torch and no registry),
+carry the lock's other packages as wheels (``../shared/tools/gpu_check/fetch_wheels.sh``, copied
+into the ignored ``.gpu/``, downloads them), then on the GPU machine::
+
+    pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl
+    PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu.py --out $OUT/gpu.md --limit 480
+
+``--limit`` stops a notebook (and its kernel) after that many seconds, and the report is
+rewritten after every notebook, so a run cut short by its host keeps what finished.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -148,64 +155,14 @@ def replace_section(path: Path, title: str, body: str) -> None:
     path.write_text("".join(kept).rstrip("\n") + f"\n\n## {title}\n\n{body.strip()}\n")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="only notebooks whose path contains one of these")
-    parser.add_argument("--device", default="cuda", help="METALIB_DEVICE for every run")
-    parser.add_argument("--budget", choices=("default", "long"), default="default")
-    parser.add_argument("--jobs", type=int, default=0, help="notebooks at once (0: all)")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
-    parser.add_argument("--no-unit", action="store_true", help="skip the unit tests")
-    parser.add_argument("--no-compare", action="store_true", help="long: skip compare.py")
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
-
-    where, torch_version = describe(args.device)
-    paths = notebooks(args.budget, args.names)
-    jobs = args.jobs or len(paths)
-    env = {
-        **os.environ,
-        "METALIB_DEVICE": args.device,
-        "METALIB_BUDGET": args.budget,
-        "METALIB_PROGRESS": "0",
-        "METALIB_NBVAL_FRESH": "1",
-        "METALIB_THREADS": os.environ.get("METALIB_THREADS", "1" if jobs > 1 else "2"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    print(f"{len(paths)} notebooks on {where}, budget {args.budget}, {jobs} at once")
-
-    def run(path: Path) -> Result:
-        result = run_in_process(path, env, args.timeout)
-        print(f"{path.relative_to(ROOT)}: {verdict(result)[:100]} ({result.seconds:.0f} s)")
-        return result
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = dict(zip(paths, pool.map(run, paths), strict=True))
-    unit = None if args.no_unit or args.budget == "long" else unit_tests(env)
-    compare_s = None
-    if args.budget == "long" and not args.no_compare:
-        t0 = time.perf_counter()
-        out_dir = args.out.parent / "compare_long"
-        subprocess.run(
-            [sys.executable, "benchmarks/compare.py", "--budget", "long", "--out", str(out_dir)],
-            cwd=ROOT, env=env, check=False,
-        )  # fmt: skip
-        compare_s = time.perf_counter() - t0
-    total = time.perf_counter() - start
-
-    record = args.out.with_suffix(".json")
-    runs = json.loads(record.read_text()) if record.exists() else {}
-    runs.setdefault(args.budget, {}).update(
-        {str(p.relative_to(ROOT)): asdict(r) for p, r in results.items()}
-    )
-    record.write_text(json.dumps(runs, indent=1) + "\n")
-
+def render(args, where: str, torch_version: str, jobs: int, state: dict) -> str:
+    """The Markdown section of this run, from what has finished so far."""
+    results, runs = state["results"], state["runs"]
     command = f"python benchmarks/gpu.py --device {args.device} --budget {args.budget}"
+    done = "" if state["finished"] else " (still running: the rows so far)"
     lines = [
-        f"Run {time.strftime('%Y-%m-%d %H:%M')} on {where}, Python "
-        f"{platform.python_version()}, {jobs} notebook(s) at once, {total / 60:.0f} min in all: "
-        f"`{command}`.",
+        f"Run {state['date']} on {where}, Python {platform.python_version()}, {jobs} "
+        f"notebook(s) at once, {state['minutes']:.0f} min in all{done}: `{command}`.",
         "",
         "| notebook | result | seconds | budget | device | torch |",
         "| --- | --- | ---: | --- | --- | --- |",
@@ -215,13 +172,13 @@ def main() -> int:
             f"| {path.relative_to(ROOT)} | {verdict(r)} | {r.seconds:.0f} | {args.budget} | "
             f"{args.device} | {torch_version} |"
         )
-    if unit is not None:
-        summary, seconds, _ = unit
+    if state["unit"] is not None:
+        summary, seconds, _ = state["unit"]
         lines.append(
             f'| unit tests (`-m "not slow"`) | {summary} | {seconds:.0f} | — | {args.device} | '
             f"{torch_version} |"
         )
-    if args.budget == "long":
+    if args.budget == "long" and results:
         default = {k: Result(**v) for k, v in runs.get("default", {}).items()}
         lines += [
             "",
@@ -243,17 +200,100 @@ def main() -> int:
                     f"{headline(r, name) if name else '—'} | "
                     f"{headline(d, name) if name else '—'} | {paper} |"
                 )
-        if compare_s is not None:
-            over = " — over" if compare_s > COMPARE_LIMIT_S else ""
-            lines += [
-                "",
-                f"`benchmarks/compare.py --budget long`: {compare_s:.0f} s (limit "
-                f"{COMPARE_LIMIT_S // 60} minutes){over}; its table is in "
-                f"`{(args.out.parent / 'compare_long').relative_to(ROOT)}/`.",
-            ]
-    replace_section(args.out, f"{args.device}, {args.budget} budget", "\n".join(lines))
+    if state["compare"] is not None:
+        seconds, rc = state["compare"]
+        over = " — over" if seconds > COMPARE_LIMIT_S else ""
+        failed = "" if rc == 0 else f", and it FAILED (exit {rc})"
+        lines += [
+            "",
+            f"`benchmarks/compare.py --budget long --no-cache`: {seconds:.0f} s (limit "
+            f"{COMPARE_LIMIT_S // 60} minutes){over}{failed}; its table is in "
+            f"`compare_long/` beside this file.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="only notebooks whose path contains one of these")
+    parser.add_argument("--device", default="cuda", help="METALIB_DEVICE for every run")
+    parser.add_argument("--budget", choices=("default", "long"), default="default")
+    parser.add_argument("--jobs", type=int, default=0, help="notebooks at once (0: all)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--limit", type=float, default=None, help="seconds per notebook")
+    parser.add_argument("--no-unit", action="store_true", help="skip the unit tests")
+    parser.add_argument("--no-compare", action="store_true", help="long: skip compare.py")
+    parser.add_argument("--compare-only", action="store_true", help="long: only compare.py")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    where, torch_version = describe(args.device)
+    paths = [] if args.compare_only else notebooks(args.budget, args.names)
+    jobs = args.jobs or max(len(paths), 1)
+    env = {
+        **os.environ,
+        "METALIB_DEVICE": args.device,
+        "METALIB_BUDGET": args.budget,
+        "METALIB_PROGRESS": "0",
+        "METALIB_NBVAL_FRESH": "1",
+        "METALIB_THREADS": os.environ.get("METALIB_THREADS", "1" if jobs > 1 else "2"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    print(f"{len(paths)} notebooks on {where}, budget {args.budget}, {jobs} at once", flush=True)
+    record = args.out.with_suffix(".json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "results": {},
+        "unit": None,
+        "compare": None,
+        "finished": False,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "minutes": 0.0,
+        "runs": json.loads(record.read_text()) if record.exists() else {},
+    }
+    start = time.perf_counter()
+    lock = threading.Lock()
+
+    def save() -> None:  # after every notebook: a run stopped from outside keeps what finished
+        with lock:
+            state["minutes"] = (time.perf_counter() - start) / 60
+            state["runs"].setdefault(args.budget, {}).update(
+                {str(p.relative_to(ROOT)): asdict(r) for p, r in state["results"].items()}
+            )
+            record.write_text(json.dumps(state["runs"], indent=1) + "\n")
+            title = f"{args.device}, {args.budget} budget"
+            replace_section(args.out, title, render(args, where, torch_version, jobs, state))
+
+    def run(path: Path) -> Result:
+        result = run_in_process(path, env, args.timeout, args.limit)
+        print(f"{path.relative_to(ROOT)}: {verdict(result)[:100]} ({result.seconds:.0f} s)")
+        state["results"][path] = result
+        save()
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs + 1) as pool:
+        # the unit tests run beside the notebooks (a GPU box has the cores)
+        unit = None
+        if args.budget == "default" and not args.no_unit:
+            unit = pool.submit(unit_tests, env)
+        list(pool.map(run, paths))
+        state["unit"] = unit.result() if unit else None
+    state["results"] = {p: state["results"][p] for p in paths}  # in the notebooks' order
+    if args.budget == "long" and (args.compare_only or not args.no_compare):
+        t0 = time.perf_counter()
+        out_dir = args.out.parent / "compare_long"
+        proc = subprocess.run(
+            [sys.executable, "benchmarks/compare.py", "--budget", "long", "--no-cache"]
+            + ["--out", str(out_dir)],
+            cwd=ROOT, env=env, check=False,
+        )  # fmt: skip
+        state["compare"] = (time.perf_counter() - t0, proc.returncode)
+    state["finished"] = True
+    save()
     print(f"wrote {args.out}")
-    ok = all(r.passed for r in results.values()) and (unit is None or unit[2])
+    ok = all(r.passed for r in state["results"].values())
+    ok = ok and (state["unit"] is None or state["unit"][2])
+    ok = ok and (state["compare"] is None or state["compare"][1] == 0)
     return 0 if ok else 1
 
 

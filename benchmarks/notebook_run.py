@@ -14,10 +14,14 @@ start in a fresh process, with the environment they choose)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,8 +57,12 @@ def number(text: str) -> float | None:
         return None
 
 
-def execute(path: Path, timeout: int = 1800) -> Result:
-    """Execute ``path`` in this process's environment (kernel ``python3``), every cell."""
+def execute(path: Path, timeout: int = 1800, kernel_file: Path | None = None) -> Result:
+    """Execute ``path`` in this process's environment (kernel ``python3``), every cell.
+
+    ``kernel_file``: where to write the kernel's process group as soon as it starts (the kernel
+    runs in a session of its own; :func:`run_in_process` stops it through this file).
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -67,6 +75,12 @@ def execute(path: Path, timeout: int = 1800) -> Result:
         allow_errors=True,
         resources={"metadata": {"path": str(Path(path).parent)}},
     )
+    if kernel_file is not None:
+
+        def note_kernel(**_: object) -> None:
+            Path(kernel_file).write_text(str(client.km.provisioner.pgid))
+
+        client.on_notebook_start = note_kernel
     start = time.perf_counter()
     problem = None
     try:
@@ -95,20 +109,41 @@ def execute(path: Path, timeout: int = 1800) -> Result:
     return result
 
 
-def run_in_process(path: Path, env: dict[str, str], timeout: int = 1800) -> Result:
+def run_in_process(
+    path: Path, env: dict[str, str], timeout: int = 1800, limit: float | None = None
+) -> Result:
     """Execute ``path`` in a fresh Python process with environment ``env`` (thread-safe: the
-    parallel runners call it from a thread pool)."""
-    proc = subprocess.run(
-        [sys.executable, __file__, str(path), "--timeout", str(timeout)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    parallel runners call it from a thread pool).
+
+    ``limit``: seconds the whole notebook may take; past it the process and its kernel are
+    stopped and the result says so (its glued numbers are lost).
+    """
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        kernel_file = Path(tmp) / "kernel"
+        proc = subprocess.Popen(
+            [sys.executable, __file__, str(path), "--timeout", str(timeout)]
+            + ["--kernel-file", str(kernel_file)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            if kernel_file.exists():  # the kernel first: it runs in a session of its own
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.killpg(int(kernel_file.read_text()), signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+            seconds = time.perf_counter() - start
+            return Result(str(path), seconds, problem=f"stopped at the limit of {limit:.0f} s")
     try:
-        return Result(**json.loads(proc.stdout.strip().splitlines()[-1]))
+        return Result(**json.loads(out.strip().splitlines()[-1]))
     except (IndexError, ValueError, TypeError):
-        tail = " ".join(proc.stderr.strip().splitlines()[-3:])[:300]
+        tail = " ".join(err.strip().splitlines()[-3:])[:300]
         return Result(str(path), 0.0, problem=f"the runner failed (exit {proc.returncode}): {tail}")
 
 
@@ -116,8 +151,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument("--kernel-file", type=Path, help="write the kernel's process group here")
     args = parser.parse_args()
-    print(json.dumps(asdict(execute(args.notebook, args.timeout))))
+    print(json.dumps(asdict(execute(args.notebook, args.timeout, args.kernel_file))))
     return 0
 
 

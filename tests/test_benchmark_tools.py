@@ -1,0 +1,106 @@
+"""Tests of the notebook runner behind benchmarks/seeds.py and benchmarks/gpu.py (make test-gpu):
+what it reads back from an executed notebook, its time limit, and the reports it writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu  # noqa: E402
+import notebook_run  # noqa: E402
+import seeds  # noqa: E402
+from notebook_run import Result, number  # noqa: E402
+
+
+def _notebook(path: Path, *cells: tuple[str, list[str]]) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    for source, tags in cells:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    return path
+
+
+def _kernels() -> int:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return sum("ipykernel_launcher" in line for line in out.splitlines())
+
+
+@pytest.mark.slow
+def test_execute_reads_errors_and_glued_values(tmp_path):
+    path = _notebook(
+        tmp_path / "nb.ipynb",
+        ("from myst_nb import glue\nglue('acc', '93.6% ± 1.2%', display=False)", []),
+        ("glue('ratio', 2.5, display=False)", []),
+        ("raise ValueError('shown on purpose')", ["raises-exception"]),
+        ("assert 1 > 2, 'a claim that fails'", []),
+        ("glue('after', 7, display=False)", []),
+    )
+    result = notebook_run.execute(path, timeout=60)
+    assert result.problem is None and not result.passed
+    assert result.errors == [{"cell": 3, "ename": "AssertionError", "evalue": "a claim that fails"}]
+    assert {k: number(v) for k, v in result.glued.items()} == {
+        "acc": 93.6,
+        "ratio": 2.5,
+        "after": 7.0,  # every cell runs after a failed one
+    }
+
+
+@pytest.mark.slow
+def test_a_notebook_past_its_limit_is_stopped_with_its_kernel(tmp_path):
+    path = _notebook(tmp_path / "slow.ipynb", ("import time\ntime.sleep(60)", []))
+    before = _kernels()
+    result = notebook_run.run_in_process(path, dict(os.environ), timeout=120, limit=8)
+    assert result.problem == "stopped at the limit of 8 s" and 8 <= result.seconds < 30
+    assert _kernels() == before
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("'93.6% ± 1.2%'", 93.6), ("1,234", 1234.0), ("-0.5", -0.5), ("3e-05", 3e-05)]
+    + [("'n/a'", None)],
+)
+def test_number_reads_the_first_number_of_a_glued_value(text, value):
+    assert number(text) == value
+
+
+def test_gpu_report_sections_replace_only_their_own(tmp_path):
+    out = tmp_path / "gpu.md"
+    gpu.replace_section(out, "cuda, default budget", "first")
+    gpu.replace_section(out, "cuda, long budget", "long")
+    gpu.replace_section(out, "cuda, default budget", "second")
+    text = out.read_text()
+    assert text.count("## cuda, default budget") == 1 and "second" in text and "first" not in text
+    assert "## cuda, long budget\n\nlong" in text
+
+
+def test_gpu_verdict_and_headlines():
+    ok = Result("a.ipynb", 3.0, glued={"acc_5_1": "'97.1% ± 0.4%'", "mse": "0.41234"})
+    assert gpu.verdict(ok) == "pass"
+    assert gpu.headline(ok, "acc_5_1") == "97.1% ± 0.4%" and gpu.headline(ok, "mse") == "0.4123"
+    assert gpu.headline(ok, "missing") == "—" and gpu.headline(None, "mse") == "—"
+    bad = Result("a.ipynb", 3.0, errors=[{"cell": 4, "ename": "AssertionError", "evalue": "a|b"}])
+    assert gpu.verdict(bad) == "FAIL: cell 4: AssertionError: a/b"
+
+
+def test_seeds_report_lists_failures_and_ranges():
+    runs = {
+        ("chapters/05_x.ipynb", 0): Result("05", 10.0, glued={"gain": "3.0", "note": "'same'"}),
+        ("chapters/05_x.ipynb", 1): Result(
+            "05", 12.0, errors=[{"cell": 7, "ename": "AssertionError", "evalue": "spikes"}],
+            glued={"gain": "0.5", "note": "'same'"},
+        ),
+    }  # fmt: skip
+    text = seeds.report(runs, [0, 1], "# header\n")
+    assert "| 1 | 7 | AssertionError: spikes |" in text
+    assert "| gain | 3.0 | 0.5 | 0.5 .. 3 |" in text
