@@ -53,8 +53,8 @@ COMPARE_LIMIT_S = 900  # and benchmarks/compare.py --budget long in 15
 # The numbers that say how close a chapter comes to its paper: (glued name, what it is, paper).
 HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "01_finetuning": [
-        ("pre1", "fine-tuned, 5-way 1-shot (%)", "—"),
-        ("pre20", "fine-tuned, 5-way 20-shot (%)", "—"),
+        ("pre_1", "pre-trained, fine-tuned: 5-way 1-shot", "—"),
+        ("pre_20", "pre-trained, fine-tuned: 5-way 20-shot", "—"),
     ],
     "02_maml": [
         ("maml_mse_1", "sinusoid MSE, 1 step", "0.67"),
@@ -62,12 +62,13 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("maml_acc_1", "Glyphs 5-way 1-shot, 1 step", "98.7% (Omniglot)"),
     ],
     "03_blackbox": [
-        ("acc_attention", "attention learner, 5-way 1-shot", "—"),
-        ("acc_lstm", "LSTM learner, 5-way 1-shot", "—"),
+        ("attention_acc", "attention learner, 5-way 1-shot", "—"),
+        ("lstm_acc", "LSTM learner, 5-way 1-shot", "—"),
+        ("wp_acc", "weight predictor, 5-way 1-shot", "—"),
     ],
     "04_protonet": [
-        ("acc_5_1", "ProtoNet 5-way 1-shot", "98.8% (Omniglot)"),
-        ("acc_20_1", "ProtoNet 20-way 1-shot", "96.0% (Omniglot)"),
+        ("euclid_5w1s", "ProtoNet 5-way 1-shot", "98.8% (Omniglot)"),
+        ("euclid_20w1s", "ProtoNet 20-way 1-shot", "96.0% (Omniglot)"),
     ],
     "05_learned_optimizers": [
         ("q_LSTM_mean", "quadratics, LSTM mean loss 1-100", "—"),

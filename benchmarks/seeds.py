@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,17 @@ def report(results: dict[tuple[str, int], Result], seeds: list[int], header: str
     return "\n".join(lines)
 
 
+def merge(old: str, new: str) -> str:
+    """``old`` with the chapter sections of ``new`` put in place (or added), both headers kept."""
+    old_head, *old_parts = re.split(r"(?m)^(?=## )", old)
+    new_head, *new_parts = re.split(r"(?m)^(?=## )", new)
+    title = lambda part: part.splitlines()[0]  # noqa: E731
+    fresh = {title(p): p for p in new_parts}
+    parts = [fresh.pop(title(p), p) for p in old_parts] + list(fresh.values())
+    update = new_head.replace("# Chapters across seeds\n\n", "").replace("Measured", "Updated")
+    return old_head.rstrip("\n") + "\n\n" + update.strip() + "\n\n" + "".join(parts)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("chapters", nargs="*", type=Path, help="default: every chapter")
@@ -78,6 +90,9 @@ def main() -> int:
     parser.add_argument("--budget", choices=("default", "long"), default="default")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--update", action="store_true", help="replace only these chapters' sections in --out"
+    )
     args = parser.parse_args()
     chapters = args.chapters or sorted((ROOT / "chapters").glob("*.ipynb"))
     chapters = [p.resolve().relative_to(ROOT) for p in chapters]
@@ -111,6 +126,8 @@ def main() -> int:
         f"{(time.perf_counter() - start) / 60:.0f} min in all.\n"
     )
     text = report(results, args.seeds, header)
+    if args.update and args.out.exists():
+        text = merge(args.out.read_text(), text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}")
