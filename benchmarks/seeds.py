@@ -78,7 +78,9 @@ def merge(old: str, new: str) -> str:
     title = lambda part: part.splitlines()[0]  # noqa: E731
     fresh = {title(p): p for p in new_parts}
     parts = [fresh.pop(title(p), p) for p in old_parts] + list(fresh.values())
+    names = ", ".join(title(p).removeprefix("## ") for p in new_parts)
     update = new_head.replace("# Chapters across seeds\n\n", "").replace("Measured", "Updated")
+    update = update.strip().removesuffix(".") + f" (these chapters: {names})."
     return old_head.rstrip("\n") + "\n\n" + update.strip() + "\n\n" + "".join(parts)
 
 

@@ -110,6 +110,6 @@ def test_seeds_update_replaces_only_the_chapters_it_ran():
     old = "# Chapters across seeds\n\nMeasured first.\n\n## 01_a\n\nold a\n\n## 02_b\n\nold b\n"
     new = "# Chapters across seeds\n\nMeasured again.\n\n## 02_b\n\nnew b\n\n## 03_c\n\nnew c\n"
     text = seeds.merge(old, new)
-    assert text.index("Measured first.") < text.index("Updated again.")
+    assert text.index("Measured first.") < text.index("Updated again (these chapters: 02_b, 03_c).")
     assert "old a" in text and "new b" in text and "old b" not in text and "new c" in text
     assert text.index("## 01_a") < text.index("## 02_b") < text.index("## 03_c")
