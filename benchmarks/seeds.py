@@ -124,7 +124,8 @@ def main() -> int:
         f"# Chapters across seeds\n\nMeasured {time.strftime('%Y-%m-%d %H:%M')} by "
         f"`benchmarks/seeds.py --seeds {' '.join(map(str, args.seeds))} --budget {args.budget}`"
         f" on {platform.machine()}, {os.cpu_count()} cores, device {device()}, torch "
-        f"{torch.__version__}, {args.jobs} run(s) at a time, "
+        f"{torch.__version__}, {args.jobs} run(s) at a time with "
+        f"{os.environ.get('METALIB_THREADS', '1')} thread(s) each, "
         f"{(time.perf_counter() - start) / 60:.0f} min in all.\n"
     )
     text = report(results, args.seeds, header)

@@ -9,7 +9,8 @@ unchanged on a laptop CPU and on a GPU:
   code that takes its randomness explicitly; ``METALIB_SEED=s`` shifts every such seed by ``s``,
   to check that a chapter's claims hold across seeds (``benchmarks/seeds.py``).
 * ``budget()`` is the run budget: ``default`` fits every chapter into a few minutes on a 2-core
-  CPU; ``METALIB_BUDGET=long`` runs closer to the papers' settings (minutes on a GPU).
+  CPU; ``METALIB_BUDGET=long`` runs closer to the papers' settings, meant for a GPU (each
+  chapter within 10 minutes on one is the target; ``make test-gpu BUDGET=long`` measures it).
 * ``progress(iterable)`` is the one progress bar (tqdm; ``METALIB_PROGRESS=0`` turns bars off,
   as the book build does so that no bar clutters the HTML).
 * ``cache_dir()`` is where rendered datasets and downloads are kept (``METALIB_CACHE``, else
