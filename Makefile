@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export METALIB_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit test-gpu lint strip exercises grade gradescope lock bench clean
+.PHONY: help setup book check-book test test-unit test-gpu lint strip colab exercises grade gradescope lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -24,11 +24,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)  ## Create .venv from the pinned lock (done by every other command when missing)
 
-# `make book REPOSITORY=https://github.com/owner/name [BRANCH=main]` adds Binder launch buttons.
+# `make book REPOSITORY=https://github.com/owner/name [BRANCH=main]` adds Binder and Colab launch
+# buttons, and writes the address into every notebook's Colab setup cell (commit those).
 BRANCH ?= main
 book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html (warnings fail)
 	$(BIN)/python tools/book_assets.py
 	$(BIN)/python tools/book_cache.py
+	$(if $(REPOSITORY),$(BIN)/python tools/colab.py --repository '$(REPOSITORY)' --branch '$(BRANCH)')
+	$(if $(REPOSITORY),$(BIN)/python tools/make_exercises.py)
 	$(if $(REPOSITORY),$(BIN)/python tools/book_config.py --repository '$(REPOSITORY)' --branch '$(BRANCH)')
 	rm -rf _build/html
 	METALIB_PROGRESS=0 $(BIN)/jupyter-book build --all -W -n --keep-going \
@@ -53,6 +56,10 @@ test-gpu: $(STAMP)  ## Every notebook and the unit tests on the GPU; writes benc
 lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check metalib tests tools benchmarks
+
+colab: $(STAMP)  ## Name the repository in every notebook's setup cell: make colab REPOSITORY=url [BRANCH=main]
+	$(BIN)/python tools/colab.py $(if $(REPOSITORY),--repository '$(REPOSITORY)' --branch '$(BRANCH)')
+	$(BIN)/python tools/make_exercises.py
 
 exercises: $(STAMP)  ## Generate exercises/ from solutions/ (answers replaced by stubs)
 	$(BIN)/python tools/make_exercises.py

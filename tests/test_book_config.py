@@ -19,6 +19,7 @@ def test_plain_config_has_no_repository_so_no_launch_buttons():
     base = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert "repository" not in base
     assert not base.get("launch_buttons", {}).get("binderhub_url")
+    assert not base.get("launch_buttons", {}).get("colab_url")
 
 
 def test_generated_config_gives_sphinx_the_repository_and_binder(tmp_path):
@@ -33,6 +34,7 @@ def test_generated_config_gives_sphinx_the_repository_and_binder(tmp_path):
     assert theme["repository_branch"] == "main" and theme["path_to_docs"] == ""
     assert theme["launch_buttons"]["binderhub_url"] == book_config.BINDERHUB
     assert theme["launch_buttons"]["notebook_interface"] == "jupyterlab"
+    assert theme["launch_buttons"]["colab_url"] == book_config.COLAB
     # everything else of _config.yml is kept
     base = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert yaml.safe_load(out.read_text())["execute"] == base["execute"]

@@ -1,13 +1,14 @@
 """Write the book's configuration with launch buttons for a published repository.
 
-A chapter page can carry a "launch" button that opens the notebook on Binder, which builds the
-repository's environment (``binder/``) and starts JupyterLab on it. The button needs the public
-address of the repository the book is built from, which only the publisher knows, so
-``_config.yml`` carries none (Jupyter Book would otherwise point every button at its own
+A chapter page can carry "launch" buttons that open the notebook on Binder, which builds the
+repository's environment (``binder/``) and starts JupyterLab on it, or on Colab, where the
+notebook's first cell installs metalib from the repository (``tools/colab.py``). The buttons
+need the public address of the repository the book is built from, which only the publisher
+knows, so ``_config.yml`` carries none (Jupyter Book would otherwise point every button at its own
 repository). ``make book REPOSITORY=https://github.com/owner/name [BRANCH=main]`` runs this script,
 which writes ``_build/_config.launch.yml``: ``_config.yml`` plus the repository and the Binder
-button, and builds with it. Colab is not offered: it opens a notebook without the repository, so
-``import metalib`` would fail there.
+and Colab buttons, and builds with it; before that, ``make book`` runs ``tools/colab.py`` with the
+same address, so that the notebooks Colab opens know where to install metalib from.
 
 Usage: ``python tools/book_config.py --repository URL [--branch NAME] [--out PATH]``.
 """
@@ -24,11 +25,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "_build" / "_config.launch.yml"
 BINDERHUB = "https://mybinder.org"
+COLAB = "https://colab.research.google.com"
 URL = re.compile(r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/?$")
 
 
 def launch_config(base: dict, repository: str, branch: str = "main") -> dict:
-    """``base`` (the parsed ``_config.yml``) with ``repository`` and a Binder launch button.
+    """``base`` (the parsed ``_config.yml``) with ``repository`` and Binder and Colab buttons.
 
     Raises:
         ValueError: if ``repository`` is not an https address of the form ``https://host/owner/name``
@@ -47,6 +49,7 @@ def launch_config(base: dict, repository: str, branch: str = "main") -> dict:
     config["launch_buttons"] = {
         **base.get("launch_buttons", {}),
         "binderhub_url": BINDERHUB,
+        "colab_url": COLAB,
         "notebook_interface": "jupyterlab",
     }
     config["html"] = {**base.get("html", {}), "use_repository_button": True}
