@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export METALIB_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit test-gpu lint strip colab exercises grade gradescope lock bench clean
+.PHONY: help setup book check-book test test-unit test-gpu lint strip colab exercises check release grade gradescope lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -58,16 +58,32 @@ lint: $(STAMP)  ## ruff over the package, tests, tools and notebooks
 	$(BIN)/ruff format --check metalib tests tools benchmarks
 
 colab: $(STAMP)  ## Name the repository in every notebook's setup cell: make colab REPOSITORY=url [BRANCH=main]
+	$(call need,solutions)
 	$(BIN)/python tools/colab.py $(if $(REPOSITORY),--repository '$(REPOSITORY)' --branch '$(BRANCH)')
 	$(BIN)/python tools/make_exercises.py
 
+# Instructors' commands need what a students' release leaves out (`make release`).
+need = @test -e $(1) || { echo "make $@ needs $(1), which the students' release leaves out: run it in the instructors' repository"; exit 2; }
+
 exercises: $(STAMP)  ## Generate exercises/ from solutions/ (answers replaced by stubs)
+	$(call need,solutions)
 	$(BIN)/python tools/make_exercises.py
 
+check: $(STAMP)  ## Score your exercise on its visible cases, any OS: make check NB=exercises/NN_topic.ipynb
+	@test -n "$(NB)" || { echo "usage: make check NB=exercises/NN_topic.ipynb"; exit 2; }
+	$(BIN)/python -m metalib.grading.check $(NB)
+
+release: $(STAMP)  ## Write the students' repository: make release OUT=dir [REPOSITORY=url] [BRANCH=main]
+	@test -n "$(OUT)" || { echo "usage: make release OUT=dir [REPOSITORY=url]"; exit 2; }
+	$(call need,solutions)
+	$(BIN)/python tools/release.py '$(OUT)' $(if $(REPOSITORY),--repository '$(REPOSITORY)' --branch '$(BRANCH)')
+
 grade: $(STAMP)  ## Grade notebooks: make grade SUB=folder-or-notebook OUT=results [TESTS=dir]
+	$(if $(TESTS),,$(call need,hidden_tests))
 	$(BIN)/python -m metalib.grading $(SUB) --out $(OUT) $(if $(TESTS),--tests $(TESTS))
 
 gradescope: $(STAMP)  ## Build the Gradescope autograder upload: _build/gradescope/autograder.zip
+	$(call need,hidden_tests)
 	$(BIN)/python tools/gradescope/build.py
 
 strip: $(STAMP)  ## Strip outputs and noisy metadata from every notebook (before committing)

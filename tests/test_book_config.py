@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -54,6 +55,22 @@ def test_bad_repository_or_branch_is_refused(repository, branch, match):
         book_config.launch_config({}, repository, branch)
 
 
-def test_binder_environment_is_the_lock():
-    assert "-r ../requirements.lock" in (ROOT / "binder/requirements.txt").read_text()
+def test_binder_environment_is_the_lock_with_the_cpu_torch():
+    requirements = (ROOT / "binder/requirements.txt").read_text().splitlines()
+    assert "-r ../requirements.lock" in requirements
+    # PyPI's Linux torch is a CUDA build of several GB; PyTorch's CPU index serves the same
+    # version as 2.13.0+cpu, which pip prefers for the lock's torch==2.13.0
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
     assert "pip install --no-deps -e ." in (ROOT / "binder/postBuild").read_text()
+
+
+def test_binder_python_is_the_oldest_supported_one():
+    """repo2docker picks its own default Python without runtime.txt; the lock needs 3.11+."""
+    runtime = (ROOT / "binder/runtime.txt").read_text().strip()
+    floor = re.search(r'requires-python = ">=(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text())
+    assert floor, "pyproject.toml states requires-python as >=X.Y"
+    assert runtime == f"python-{floor.group(1)}"
+    makefile = (ROOT / "Makefile").read_text()
+    major, minor = floor.group(1).split(".")
+    assert f"sys.version_info >= ({major}, {minor})" in makefile
+    assert f"Python {floor.group(1)}" in (ROOT / "README.md").read_text()
