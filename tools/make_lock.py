@@ -27,7 +27,9 @@ def main() -> None:
     ).stdout.splitlines()
     print("# Pinned environment of the workbook: `make lock` writes it; `make setup` installs it.")
     print(
-        "# torch stays at 2.13.0 (the CPU build installs from local disk on the course machines)."
+        "# torch stays at 2.13.0: with Python 3.11 the course machines take its CPU build from"
+        " local disk;\n# elsewhere pip takes PyPI's (a CUDA build on Linux, several GB: see the"
+        " README for the CPU one)."
     )
     for line in sorted(out, key=str.lower):
         name = line.split("==")[0].strip().lower()
