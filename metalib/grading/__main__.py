@@ -12,8 +12,12 @@ Writes ``DIR/<submission>/results.json`` (Gradescope's format), ``DIR/<submissio
 (submission, question, score, max) and one line per submission on stdout.
 
 Exit status: 0 when grading ran, whatever the scores; 2 for bad arguments or when no notebook is
-found; 1 when the grader cannot run (a dependency missing in the sandbox's Python, a broken tests
-folder) or hit an internal error on some submission.
+found; 1 when the grader cannot run (not on Linux, a dependency missing in the sandbox's Python,
+a broken tests folder) or hit an internal error on some submission.
+
+Grading needs Linux (its sandbox). Students on any system check their own notebook with
+``python -m metalib.grading.check NOTEBOOK`` (:mod:`metalib.grading.check`): the visible checks
+only, unsandboxed.
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ from pathlib import Path
 
 from metalib.grading import registry
 from metalib.grading.grader import Grade, Grader, GraderError, exposure
-from metalib.grading.launch import Limits
+from metalib.grading.launch import Limits, require_linux
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     limits = Limits()
     p = argparse.ArgumentParser(
         prog="python -m metalib.grading",
-        description="Grade exercise notebooks in a sandbox: Gradescope results.json per "
+        description="Grade exercise notebooks in a sandbox (Linux): Gradescope results.json per "
         "submission and scores.csv for all of them.",
+        epilog="To check your own notebook on any system (visible checks only, no sandbox): "
+        "python -m metalib.grading.check NOTEBOOK",
     )
     p.add_argument("paths", nargs="+", type=Path, help="notebooks, or folders of notebooks")
     p.add_argument("--out", type=Path, help="folder for the results (required unless --gradescope)")
@@ -162,6 +168,11 @@ def _grade_safely(grader: Grader, path: Path) -> tuple[Grade, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        require_linux()
+    except GraderError as err:
+        print(f"error: the grader cannot run: {err}", file=sys.stderr)
+        return 1
     if args.out is not None:
         return grade(args, args.out)
     with tempfile.TemporaryDirectory(prefix="metalib-results-") as out:  # Gradescope mode
@@ -198,7 +209,10 @@ def grade(args: argparse.Namespace, out: Path) -> int:
         return 2
     try:
         folders = sorted({nb.parent.resolve() for nb in notebooks})
-        hide = [args.tests or registry.default_tests_dir(), out, *folders]
+        # The repository's own hidden_tests/ too when --tests names other ones: both are secret.
+        both = (args.tests, registry.default_tests_dir())
+        tests = list(dict.fromkeys(Path(t).resolve() for t in both if t is not None))
+        hide = [*tests, out, *folders]
         grader = Grader(
             exercises,
             args.limits,
@@ -212,7 +226,7 @@ def grade(args: argparse.Namespace, out: Path) -> int:
         print(f"error: the grader cannot run: {err}", file=sys.stderr)
         return 1
     print("sandbox: " + "; ".join(notes))
-    for warning in exposure(notes, args.tests or registry.default_tests_dir()):
+    for warning in exposure(notes, tests):
         print(f"warning: {warning}", file=sys.stderr)
     start, rows, failures = time.monotonic(), [], 0
     names = output_names(notebooks)

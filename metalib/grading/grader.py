@@ -11,6 +11,8 @@ For each submission the grader (this process, which never runs submitted code):
 3. loads each answer with ``torch.load(weights_only=True)``, runs the question's judge on it,
    and scores points x passed / total per question (:mod:`metalib.grading.scores`).
 
+The sandbox is Linux's: on any other system the grader refuses at once (:class:`GraderError`,
+saying to use the self-check, :mod:`metalib.grading.check`, or Linux or Gradescope to grade).
 :func:`preflight` first checks that the sandbox can run at all (the grader's one reason to fail).
 A crash, a timeout, a memory blow-up, ``sys.exit``/``os._exit`` or unreadable answers score the
 checks not run 0 with the reason. Nothing here depends on the clock but ``seconds``: the same
@@ -26,12 +28,13 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from metalib.grading import launch, lockdown, registry
-from metalib.grading.launch import Limits
+from metalib.grading.launch import UNUSED_UID, GraderError, Limits
 from metalib.grading.scores import (
     Grade,
     answers_of,
@@ -54,11 +57,10 @@ for m in {modules!r}:
 print(json.dumps(out))
 """
 NOTEBOOK_MB = 64  # a larger file is refused before it is parsed
-UNUSED_UID = 2_000_000_000  # "some other user" when checking who may read the hidden tests
-
-
-class GraderError(RuntimeError):
-    """The grader itself cannot run (a missing dependency, a broken tests folder)."""
+# Judges build their references with torch's global generator (seeded inside fork_rng): with
+# --jobs N, two threads judging at once would draw from it in turn and build other models. The
+# sandboxes run in parallel; the judging, which is quick, one submission at a time.
+_judging = threading.Lock()
 
 
 def preflight(python: str, limits: Limits, hide: list[str]) -> list[str]:
@@ -67,8 +69,10 @@ def preflight(python: str, limits: Limits, hide: list[str]) -> list[str]:
     Returns the sandbox's notes on how it isolates notebooks.
 
     Raises:
-        GraderError: saying what is missing and how to install it.
+        GraderError: not on Linux (saying what to do instead), or saying what is missing and how
+            to install it.
     """
+    launch.require_linux()
     python = interpreter(python)
     check = IMPORT_CHECK.format(modules=NEEDED)
     with tempfile.TemporaryDirectory(prefix="metalib-preflight-") as tmp:
@@ -151,6 +155,9 @@ class Grader:
         exercise: the exercise of notebooks whose metadata names none.
         hide: folders the sandbox must not see (hidden tests, submissions), where it can hide them.
         hidden_details: report each failed hidden case (label and message), or only their count.
+
+    Raises:
+        GraderError: not on Linux: grading needs the sandbox; the message names the self-check.
     """
 
     def __init__(
@@ -162,6 +169,7 @@ class Grader:
         hide: Sequence[Path] = (),
         hidden_details: bool = True,
     ) -> None:
+        launch.require_linux()
         if exercise is not None and exercise not in exercises:
             known = ", ".join(sorted(exercises)) or "none"
             raise ValueError(f"--exercise {exercise!r} is not a known exercise ({known})")
@@ -208,15 +216,16 @@ class Grader:
         }
         with tempfile.TemporaryDirectory(prefix="metalib-grade-") as scratch:
             outcome = launch.run(request, Path(scratch), self.limits, self.python, self.hide)
-        scores = tuple(
-            score_question(
-                q,
-                answers_of(outcome.frames, q.name),
-                outcome.problem or "the notebook stopped before them",
-                self.hidden_details,
+        with _judging:
+            scores = tuple(
+                score_question(
+                    q,
+                    answers_of(outcome.frames, q.name),
+                    outcome.problem or "the notebook stopped before them",
+                    self.hidden_details,
+                )
+                for q in exercise.questions
             )
-            for q in exercise.questions
-        )
         notes = [head]
         if outcome.problem:
             notes.append(f"Problem: {outcome.problem}.")
@@ -238,8 +247,11 @@ def _cell_errors(frames: list[dict], sources: dict[int, str]) -> list[str]:
     return notes
 
 
-def exposure(notes: Sequence[str], tests: Path | None) -> list[str]:
-    """Warnings for the instructor when the sandbox (its ``notes``) leaves something exposed."""
+def exposure(notes: Sequence[str], tests: Path | Sequence[Path] | None) -> list[str]:
+    """Warnings for the instructor when the sandbox (its ``notes``) leaves something exposed.
+
+    ``tests``: the hidden tests folder, or several.
+    """
     if not any(n.startswith("no private file system") for n in notes):
         return []
     if not any(n.startswith("runs as unused uid") for n in notes):
@@ -248,15 +260,19 @@ def exposure(notes: Sequence[str], tests: Path | None) -> list[str]:
             "read and change your files, including the hidden tests. Grade untrusted notebooks "
             "as root in a container, or on Linux with unprivileged user namespaces (GRADING.md)."
         ]
-    readable = tests is not None and any(
-        p.stat().st_mode & stat.S_IROTH for p in Path(tests).rglob("*") if p.is_file()
-    )
-    if readable and lockdown.reachable(str(tests), UNUSED_UID):
-        return [
-            f"the hidden tests in {tests} are readable by other users, so by the notebooks "
-            f"(no private file system here): run `chmod -R go-rwx {tests}` first"
-        ]
-    return []
+    folders = [] if tests is None else [tests] if isinstance(tests, (str, Path)) else tests
+    return [
+        f"the hidden tests in {folder} are readable by other users, so by the notebooks "
+        f"(no private file system here): run `chmod -R go-rwx {folder}` first"
+        for folder in folders
+        if readable_by_others(Path(folder))
+    ]
+
+
+def readable_by_others(folder: Path) -> bool:
+    """Whether a user who owns nothing here may reach ``folder`` and read a file in it."""
+    readable = any(p.stat().st_mode & stat.S_IROTH for p in Path(folder).rglob("*") if p.is_file())
+    return readable and lockdown.reachable(str(folder), UNUSED_UID)
 
 
 def _read(path: Path) -> bytes:

@@ -7,15 +7,20 @@ pipes until the process ends or the wall clock runs out: the notebook's output (
 ``log_kb`` kept for the instructor's log, the rest read and dropped, so no amount of printing
 fills a disk or blocks the notebook) and the answer frames (at most ``answers_mb``). Then it kills
 the process group and, as root, every process left with the uid, so nothing a notebook started
-outlives its grading.
+outlives its grading. As root, where that uid cannot reach the course's Python and the sandbox
+gets no private file system, it is given a view of it (:mod:`metalib.grading.view`).
+
+The sandbox exists on Linux only; elsewhere :func:`require_linux` (called by :func:`run` and by
+the grader) refuses with a message that says what to do instead: the students' self-check
+(:mod:`metalib.grading.check`), or grading on Linux or Gradescope.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
-import pwd
 import random
 import selectors
 import signal
@@ -34,8 +39,34 @@ import torch
 from metalib import runtime
 
 UID_RANGE = (2_000_000_000, 2_100_000_000)  # far above any account's uid
+UNUSED_UID = UID_RANGE[0]  # "the sandbox's uid" when asking what it may reach (gid = uid)
+SYSTEMS = {"darwin": "macOS", "win32": "Windows", "cygwin": "Cygwin"}
 _uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()
+
+
+class GraderError(RuntimeError):
+    """The grader cannot run: no sandbox here, a missing dependency, a broken tests folder."""
+
+
+def unsandboxed_message() -> str:
+    """Why this system cannot grade, and what to do instead."""
+    system = SYSTEMS.get(sys.platform, sys.platform)
+    return (
+        f"grading needs Linux, and this is {system}. The grader runs each notebook in a sandbox "
+        "made of Linux's namespaces and user ids (so that a submission cannot read the hidden "
+        "tests or change your files), and it does not grade without one. To check your own "
+        "notebook here, run the self-check: `python -m metalib.grading.check NOTEBOOK` (the "
+        "visible checks of each question, no sandbox, no hidden checks). To grade submissions, "
+        "run `make grade` on Linux (a virtual machine or a Docker container will do) or use "
+        "the Gradescope autograder (instructors: GRADING.md)."
+    )
+
+
+def require_linux() -> None:
+    """Raise :class:`GraderError` unless this system has the sandbox (Linux)."""
+    if not sys.platform.startswith("linux"):
+        raise GraderError(unsandboxed_message())
 
 
 @dataclass(frozen=True)
@@ -109,10 +140,20 @@ def sandbox_env(work: Path) -> dict[str, str]:
 
 
 def run(request: dict, scratch: Path, limits: Limits, python: str, hide: list[str]) -> Run:
-    """Run one request in a sandbox started in ``scratch`` (an empty folder of the grader's)."""
+    """Run one request in a sandbox started in ``scratch`` (an empty folder of the grader's).
+
+    Raises:
+        GraderError: not on Linux, or the course's Python cannot be shown to the sandbox.
+    """
+    require_linux()
+    view = None
+    if _as_root():
+        from metalib.grading.view import view_for  # it imports this module
+
+        view = view_for(python, sandbox_env(scratch), hide)
     uid = _claim_uid() if _as_root() else None
     try:
-        return _run(request, scratch, limits, python, hide, uid)
+        return _run(request, scratch, limits, python, hide, uid, view)
     finally:
         if uid is not None:
             _kill_uid(uid)
@@ -120,7 +161,7 @@ def run(request: dict, scratch: Path, limits: Limits, python: str, hide: list[st
                 _uids_in_use.discard(uid)
 
 
-def _run(request, scratch, limits, python, hide, uid) -> Run:
+def _run(request, scratch, limits, python, hide, uid, view) -> Run:
     work = scratch / "work"
     work.mkdir()
     request = {
@@ -143,6 +184,8 @@ def _run(request, scratch, limits, python, hide, uid) -> Run:
     request_path.chmod(0o600)
     read_fd, write_fd = os.pipe()
     command = [python, "-s", "-m", "metalib.grading.sandbox", str(write_fd)]
+    if view:
+        command.append(json.dumps(view))
     try:
         with open(request_path, "rb") as stdin:
             proc = subprocess.Popen(
@@ -255,6 +298,8 @@ def _as_root() -> bool:
 
 def _claim_uid() -> int:
     """An uid no account and no process has (gid: the same number)."""
+    import pwd  # Unix only: imported where used, so that the package imports anywhere
+
     with _uid_lock:
         for _ in range(1000):
             uid = random.SystemRandom().randrange(*UID_RANGE)

@@ -1,216 +1,59 @@
-"""The sandboxed process: runs one submitted notebook and answers the grader's requests.
+"""The sandboxed process: runs one submitted notebook and answers the grader's requests (Linux).
 
-The grader starts ``python -m metalib.grading.sandbox FD`` in a scratch folder, with a request
-on stdin and a pipe on file descriptor ``FD``. This process:
+The grader starts ``python -m metalib.grading.sandbox FD [VIEW]`` in a scratch folder, with a
+request on stdin and a pipe on file descriptor ``FD``. This process:
 
-1. reads the request, plain data saved with ``torch.save``: the notebook's code cells, the cases
-   to run as ``(question, function, probe, kwargs)``, the limits, and the uid to become;
-2. imports what a notebook needs (trusted code), then locks itself in (:mod:`.lockdown`):
-   resource limits; where the kernel allows, a read-only file system with a small private
-   ``/tmp``, no network and its own PID namespace; as root, an unused uid with no way back;
-3. runs each code cell in an IPython shell under a time limit: an error is recorded and the next
-   cell still runs; check cells are skipped (the grader runs every case itself);
-4. for each case seeds the generators, looks the student's function up by name, runs the probe
-   under a time limit and sends back the output (plain data) or the error message; after a
-   check that runs out of time, the question's remaining checks are not run.
+1. reads the request's bytes; where the grader made a view of the course's Python environment
+   (``VIEW``, a JSON object ``{folder: its view}``, see :mod:`metalib.grading.view`), points its
+   import paths at the view *before* importing anything large, so that every module, and every
+   data file a module finds next to itself, is read through the view;
+2. imports what a notebook needs (trusted code: :mod:`metalib.grading.runner`), decodes the
+   request (plain data saved with ``torch.save``: the notebook's code cells, the cases to run as
+   ``(question, function, probe, kwargs)``, the limits, and the uid to become);
+3. locks itself in (:mod:`.lockdown`): resource limits; where the kernel allows, a read-only file
+   system with a small private ``/tmp``, no network and its own PID namespace; as root, an unused
+   uid with no way back;
+4. runs the cells and the cases (:func:`metalib.grading.runner.run_notebook`) and sends each
+   outcome to the grader as a frame on ``FD``.
 
 Judges and expected values never enter this process: whatever a notebook patches, it patches here
-only. Each message to the grader is a *frame*: ``torch.save`` bytes behind a 4-byte length, read
-by the grader with ``torch.load(weights_only=True)``.
+only. Only the standard library and :mod:`.lockdown` are imported before step 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
+import json
 import os
-import re
-import signal
-import struct
 import sys
-import traceback
-from collections.abc import Iterator
-from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot is imported by anything: no window, no display needed
-
-import torch  # noqa: E402
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-from traitlets.config import Config  # noqa: E402
-
-from metalib.grading import lockdown, probes  # noqa: E402
-from metalib.runtime import seed_everything  # noqa: E402
-
-MESSAGE_CHARS = 600
-# A cell made only of check(...) calls runs visible cases the grader runs anyway: skip it.
-CHECK_LINE = re.compile(r"^\s*(?:_\s*=\s*)?check\(.*\)\s*;?\s*(?:#.*)?$")
-
-# Kept at import time so that a notebook replacing torch.save or os.write cannot break the channel.
-_save = torch.save
-_write = os.write
-
-
-class TimeLimit(BaseException):
-    """Raised inside the notebook's code when a cell or a case runs past its time limit.
-
-    A ``BaseException`` so that a notebook's ``except Exception`` does not swallow it.
-    """
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise TimeLimit
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`TimeLimit` in the running code after ``seconds`` of wall-clock time."""
-    signal.signal(signal.SIGALRM, _on_alarm)  # again each time: the notebook may have replaced it
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-class Channel:
-    """Frames to the grader on a pipe: 4-byte big-endian length, then ``torch.save`` bytes."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def send(self, **frame: Any) -> None:
-        buffer = io.BytesIO()
-        try:
-            _save(frame, buffer)
-        except Exception as err:  # an output torch cannot save: tell the grader instead
-            if frame.get("kind") != "case":
-                raise
-            buffer = io.BytesIO()
-            message = f"the function returned something that cannot be graded ({describe(err)})"
-            _save({**frame, "status": "error", "value": message}, buffer)
-        data = buffer.getvalue()
-        view = memoryview(struct.pack(">I", len(data)) + data)
-        while view:
-            view = view[_write(self.fd, view) :]
-
-
-def describe(err: BaseException) -> str:
-    """``"TypeName: message (line N of function)"``, cut to a readable length."""
-    text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "ipython-input" in f.filename]
-    if frames:
-        text += f" (line {frames[-1].lineno}, in {frames[-1].name})"
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
-
-
-def is_check_cell(source: str) -> bool:
-    """True when every line of ``source`` is a ``check(...)`` call, a comment or blank."""
-    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    return bool(lines) and all(CHECK_LINE.match(ln) for ln in lines)
-
-
-def make_shell() -> InteractiveShell:
-    """An IPython shell with no history file and plain tracebacks (they go to the grader's log)."""
-    config = Config()
-    config.HistoryManager.enabled = False
-    config.InteractiveShell.colors = "nocolor"
-    return InteractiveShell(config=config)
-
-
-def run_cells(shell: InteractiveShell, cells: list, seconds: float, channel: Channel) -> None:
-    """Run each ``(number, source)`` code cell in order, each within ``seconds``."""
-    seed_everything(0)
-    for number, source in cells:
-        if is_check_cell(source):
-            channel.send(kind="cell", number=number, error=None, skipped=True)
-            continue
-        channel.send(kind="running", what=f"cell {number}")
-        try:
-            with time_limit(seconds):
-                result = shell.run_cell(source, store_history=False)
-            error = result.error_before_exec or result.error_in_exec
-        except TimeLimit as err:  # fired outside IPython's own handler
-            error = err
-        if isinstance(error, TimeLimit):
-            message = f"stopped after {seconds:g} s"
-        else:
-            message = None if error is None else describe(error)
-        _flush()
-        channel.send(kind="cell", number=number, error=message, skipped=False)
-
-
-def run_case(fn: Any, case: dict, seconds: float) -> tuple[str, Any]:
-    """Run one case's probe on ``fn``: ``(status, output or message)``.
-
-    Status is ``"ok"``, ``"error"``, ``"timeout"`` or ``"unanswered"`` (NotImplementedError).
-    """
-    probe = getattr(probes, case["probe"], None)
-    if probe is None:
-        return "error", f"the grader has no probe {case['probe']!r}"
-    seed_everything(0)
-    try:
-        with time_limit(seconds):
-            output = probe(fn, **case["kwargs"])
-    except TimeLimit:
-        return "timeout", f"did not finish within {seconds:g} s"
-    except NotImplementedError as err:
-        return "unanswered", str(err)
-    except BaseException as err:  # the student's error (even SystemExit) is feedback
-        return "error", describe(err)
-    finally:
-        _flush()
-    return "ok", output
-
-
-def answer(shell: InteractiveShell, questions: list, seconds: float, channel: Channel) -> None:
-    """Run every requested case and send one ``case`` frame per case."""
-    for question in questions:
-        name, function = question["name"], question["function"]
-        fn = shell.user_ns.get(function)
-        missing = None
-        if fn is None:
-            missing = f"the notebook defines no {function} (did the cell that defines it fail?)"
-        elif not callable(fn):
-            missing = f"{function} is a {type(fn).__name__}, not a function"
-        for index, case in enumerate(question["cases"]):
-            if missing is not None:
-                status = "missing" if fn is None or not callable(fn) else "skipped"
-                channel.send(kind="case", question=name, index=index, status=status, value=missing)
-                continue
-            channel.send(kind="running", what=f"{name}, check {index + 1}")
-            status, value = run_case(fn, case, seconds)
-            channel.send(kind="case", question=name, index=index, status=status, value=value)
-            if status == "unanswered":
-                break  # the rest of the question's cases would raise the same
-            if status == "timeout":  # one endless loop costs this question, not the notebook
-                missing = f"an earlier check of {function} did not finish within {seconds:g} s"
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # the notebook may have closed or replaced them
-            stream.flush()
+from metalib.grading import lockdown
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m metalib.grading.sandbox FD`` with the request on stdin."""
+    """Entry point: ``python -m metalib.grading.sandbox FD [VIEW]`` with the request on stdin."""
     argv = sys.argv[1:] if argv is None else argv
-    channel = Channel(int(argv[0]))
-    request = torch.load(io.BytesIO(sys.stdin.buffer.read()), weights_only=True)
+    data = sys.stdin.buffer.read()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the request (hidden cases included) is not left readable on stdin
     os.close(null)
+    if len(argv) > 1:
+        lockdown.use_view(json.loads(argv[1]))
+    import torch
+
+    from metalib.grading import runner
+
+    channel = runner.Channel(int(argv[0]))
+    request = torch.load(io.BytesIO(data), weights_only=True)
+    del data
     torch.set_num_threads(1)
     notes = lockdown.lock_in(request)
+    if len(argv) > 1:
+        shown = ", ".join(f"{k} as {v}" for k, v in json.loads(argv[1]).items())
+        notes.append(f"the course's Python read through a view of hard links: {shown}")
     request.pop("hide", None)  # the folders' names are no business of the notebook
     channel.send(kind="ready", notes=notes)
-    shell = make_shell()
-    run_cells(shell, request["cells"], request["cell_timeout"], channel)
-    answer(shell, request["questions"], request["case_timeout"], channel)
-    channel.send(kind="done")
-    _flush()
+    runner.run_notebook(request, channel)
     os._exit(0)  # skip atexit hooks and thread joins the notebook may have left behind
 
 

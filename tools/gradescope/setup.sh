@@ -23,5 +23,5 @@ torch_pin="$(grep -E '^torch==' "$source/requirements.lock")"
 "$venv/bin/python" -m pip install --quiet --no-deps "$source"
 chmod -R a+rX "$(dirname "$venv")"
 # Fail the image build now, not every student's grading later, if something is missing.
-"$venv/bin/python" -c "import torch, IPython, matplotlib, metalib.grading.sandbox"
+"$venv/bin/python" -c "import torch, IPython, matplotlib, metalib.grading.sandbox, metalib.grading.runner"
 echo "metalib autograder installed in $venv"
