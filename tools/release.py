@@ -51,6 +51,7 @@ LEFT_OUT = {
     "tests/test_exercises.py": "checks the judges against the solutions",
     "tests/test_make_exercises.py": "checks that the exercises are generated from the solutions",
     "tests/test_colab.py": "runs a solution as a student's answer",
+    "tests/test_release.py": "makes a release from the instructors' repository",
 }
 
 # Text that points at what the release leaves out, replaced by what a student does instead.
