@@ -72,8 +72,10 @@ def lab_runs(tmp_path_factory) -> dict[str, dict]:
         if os.environ.get("CI"):
             pytest.fail(f"{missing}; CI must run the JupyterLab test (.ci/run installs chromium)")
         pytest.skip(missing)
-    out = tmp_path_factory.mktemp("lab") / "runs.json"
+    work = tmp_path_factory.mktemp("lab")  # copies, server state and log: pytest keeps the last
+    out = work / "runs.json"
     command = [sys.executable, "-u", str(ROOT / "tools" / "lab_check.py"), "--json", str(out)]
+    command += ["--workdir", str(work)]
     late = None
     try:
         # On a timeout, or pytest-timeout's interrupt, subprocess.run kills the child; its

@@ -1,6 +1,7 @@
 """Run notebooks in JupyterLab, driven by headless Chromium, and check what a student would see.
 
-    .venv/bin/python tools/lab_check.py [--json FILE] [--screenshots DIR] [NOTEBOOK ...]
+    .venv/bin/python tools/lab_check.py [--json FILE] [--screenshots DIR] [--workdir DIR]
+                                        [NOTEBOOK ...]
 
 Copies the notebooks (outputs stripped) into a temporary folder, starts the venv's JupyterLab
 there (localhost, a random free port, a known token, no browser, offline: no news, no update
@@ -35,6 +36,7 @@ process dies).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -439,6 +441,7 @@ class LabRun:
     problems: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     screenshot: Path | None = None
+    server_log: Path | None = None
 
     def dom_cell(self, index: int) -> dict:
         return self.seen["cells"][index] if self.seen else {"outputs": [], "prompt": ""}
@@ -508,6 +511,8 @@ class LabRun:
             lines += [f"dialog: {d}" for d in self.seen["dialogs"]]
         if self.screenshot:
             lines.append(f"screenshot: {self.screenshot}")
+        if self.server_log:
+            lines.append(f"server log: {self.server_log}")
         return "\n".join(lines)
 
 
@@ -760,18 +765,31 @@ def block_outside(context, base: str, blocked: list[str]) -> None:
 
 
 def check_notebooks(
-    notebooks: list[Path], *, screenshots: Path | None = SCREENSHOTS, report=print, progress=None
+    notebooks: list[Path],
+    *,
+    screenshots: Path | None = SCREENSHOTS,
+    workdir: Path | None = None,
+    report=print,
+    progress=None,
 ) -> list[LabRun]:
-    """Serve copies of ``notebooks`` from one JupyterLab, run each in Chromium; the runs."""
+    """Serve copies of ``notebooks`` from one JupyterLab, run each in Chromium; the runs.
+
+    The copies, the server's state and its log go to ``workdir`` (kept), else to a temporary
+    folder removed at the end.
+    """
     from playwright.sync_api import sync_playwright
 
     exe = find_chromium()
     if exe is None:
         raise ValueError("no Chromium found; install it (Debian: apt-get install chromium)")
     runs = []
-    with tempfile.TemporaryDirectory(prefix="lab-check-") as tmp:
-        names = prepare_root(notebooks, Path(tmp) / "root")
-        with LabServer(Path(tmp) / "root", Path(tmp) / "state") as server, sync_playwright() as pw:
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lab-check-")))
+        else:
+            tmp = Path(workdir)
+        names = prepare_root(notebooks, tmp / "root")
+        with LabServer(tmp / "root", tmp / "state") as server, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
             try:
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -784,6 +802,7 @@ def check_notebooks(
                     )
                     run.problems += blocked + server.log_problems(since=log_start)
                     blocked.clear()
+                    run.server_log = server.log_path if workdir is not None else None
                     report(run.summary())
                     runs.append(run)
             finally:
@@ -800,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write every run's findings here")
     parser.add_argument("--screenshots", type=Path, default=SCREENSHOTS)
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the copies and the server's state and log here"
+    )
     args = parser.parse_args(argv)
     try:
         import playwright.sync_api  # noqa: F401
@@ -814,7 +836,9 @@ def main(argv: list[str] | None = None) -> int:
         ROOT / "chapters" / "00_tasks.ipynb",
     ]
     start = time.perf_counter()
-    runs = check_notebooks(paths, screenshots=args.screenshots, progress=print)
+    runs = check_notebooks(
+        paths, screenshots=args.screenshots, workdir=args.workdir, progress=print
+    )
     if args.json:
         args.json.write_text(json.dumps([run.to_json() for run in runs], indent=1))
     for run in runs:
