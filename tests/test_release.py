@@ -80,6 +80,17 @@ def test_the_release_is_a_git_repository_whose_toc_names_only_its_files(student_
     assert files and not any(f.startswith("solutions/") or f == "course" for f in files)
     for f in files:
         assert any((student_repo / f"{f}{ext}").exists() for ext in (".md", ".ipynb")), f
+    assert release.dangling_links(student_repo) == []
+
+
+def test_a_link_to_a_left_out_page_is_found(tmp_path):
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "intro.md").write_text("[ok](chapters/x) [gone](course) [web](https://a.b/c)")
+    (tmp_path / "chapters" / "x.md").write_text("[up](../intro.md#map) [no](../solutions/x.ipynb)")
+    assert release.dangling_links(tmp_path) == [
+        "chapters/x.md: ../solutions/x.ipynb",
+        "intro.md: course",
+    ]
 
 
 def test_instructors_commands_say_what_is_missing(student_repo):

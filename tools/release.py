@@ -65,6 +65,7 @@ EDITS = {
             "Before you hand a notebook in, `make check NB=exercises/NN_topic.ipynb` scores it\n"
             "  on the visible cases, on any system.",
         ),
+        (r";\s+instructors, see\s+\[using this book in a course\]\(course\)\.", "."),
     ],
     "exercises/README.md": [
         (
@@ -128,6 +129,31 @@ def leaks(out: Path, lines: set[str]) -> list[str]:
     return found
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def dangling_links(out: Path) -> list[str]:
+    """``file: target`` for each relative Markdown link under ``out`` to a file that is not there
+    (a page of the book may be linked without its extension)."""
+    found = []
+    for path in sorted(out.rglob("*")):
+        if path.suffix not in (".md", ".ipynb") or ".git" in path.parts or "_build" in path.parts:
+            continue
+        if path.suffix == ".ipynb":
+            cells = nbformat.read(path, as_version=4).cells
+            text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+        else:
+            text = path.read_text()
+        for target in LINK.findall(text):
+            target = target.split("#")[0]
+            if not target or re.match(r"^[a-z]+:", target):
+                continue
+            base = (path.parent / target).resolve()
+            if not any(Path(f"{base}{ext}").exists() for ext in ("", ".md", ".ipynb")):
+                found.append(f"{path.relative_to(out)}: {target}")
+    return found
+
+
 def _edit(text: str, pattern: str, replacement: str, where: str) -> str:
     new, n = re.subn(pattern, lambda _: replacement, text)
     if n == 0:
@@ -184,6 +210,9 @@ def release(out: Path, repository: str | None = None, branch: str = "main") -> l
                 nb = nbformat.read(path, as_version=4)
                 if colab.stamp(nb, source):
                     nbformat.write(nb, path)
+    broken = dangling_links(out)
+    if broken:
+        raise RuntimeError("links to what the release leaves out:\n" + "\n".join(broken))
     found = leaks(out, secret)
     if found:
         raise RuntimeError("solution code leaked into the release:\n" + "\n".join(found[:20]))
