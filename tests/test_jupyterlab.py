@@ -42,16 +42,6 @@ RUN_TIMEOUT_S = 240  # both notebooks; about 35 s on 2 cores
 TEST_TIMEOUT_S = RUN_TIMEOUT_S + 60  # pytest-timeout's backstop, fixture included
 
 
-def _missing_browser() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright is not installed (the lock's book packages)"
-    if lab_check.find_chromium() is None:
-        return "no Chromium on PATH (Debian: apt-get install chromium)"
-    return None
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: the check gets SIGKILL if pytest dies; its server and browser follow it."""
     try:
@@ -67,7 +57,7 @@ def _text(out: str | bytes | None) -> str:
 @pytest.fixture(scope="module")
 def lab_runs(tmp_path_factory) -> dict[str, dict]:
     """notebook path -> what ``tools/lab_check.py`` found there (its ``LabRun.to_json``)."""
-    missing = _missing_browser()
+    missing = lab_check.browser_missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"{missing}; CI must run the JupyterLab test (.ci/run installs chromium)")

@@ -120,6 +120,17 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, names) if p), None)
 
 
+def browser_missing() -> str | None:
+    """What is missing to drive a browser (Playwright, Chromium), with what to do; None if none."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is missing; run `make setup`"
+    if find_chromium() is None:
+        return "no Chromium found; apt-get install chromium"
+    return None
+
+
 def site_page(url: str, html: Path) -> str | None:
     """The page (``chapters/00_tasks``) a ``file://`` URL names inside ``html``, else None."""
     parts = urlsplit(url)
@@ -272,13 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         "--screenshots", type=Path, help="where chapter screenshots go (default: beside --html)"
     )
     args = parser.parse_args(argv)
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        print("check_book: Playwright is missing; run `make setup`", file=sys.stderr)
-        return 2
-    if find_chromium() is None:
-        print("check_book: no Chromium found; apt-get install chromium", file=sys.stderr)
+    missing = browser_missing()
+    if missing:
+        print(f"check_book: {missing}", file=sys.stderr)
         return 2
     if not any(args.html.glob("*.html")):
         print(f"check_book: no pages in {args.html}; run `make book` first", file=sys.stderr)

@@ -58,7 +58,7 @@ import nbformat
 
 # `python tools/lab_check.py` puts tools/ on sys.path; importing this file by path does not.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_book import find_chromium  # noqa: E402
+from check_book import browser_missing, find_chromium  # noqa: E402
 from strip_notebooks import clean  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -823,13 +823,9 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, help="keep the copies and the server's state and log here"
     )
     args = parser.parse_args(argv)
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        print("lab_check: Playwright is missing; run `make setup`", file=sys.stderr)
-        return 2
-    if find_chromium() is None:
-        print("lab_check: no Chromium found; apt-get install chromium", file=sys.stderr)
+    missing = browser_missing()
+    if missing:
+        print(f"lab_check: {missing}", file=sys.stderr)
         return 2
     paths = [p.resolve() for p in args.notebooks] or [
         sorted((ROOT / "exercises").glob("00_*.ipynb"))[0],

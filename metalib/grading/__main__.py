@@ -53,14 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         help="folder of hidden tests (default: the repository's hidden_tests/)",
     )
-    p.add_argument("--exercise", help="exercise of notebooks whose metadata names none")
-    p.add_argument("--timeout", type=float, default=limits.timeout, help="seconds per notebook")
-    p.add_argument(
-        "--cell-timeout", type=float, default=limits.cell_timeout, help="seconds per code cell"
-    )
-    p.add_argument(
-        "--case-timeout", type=float, default=limits.case_timeout, help="seconds per check"
-    )
+    add_run_options(p, limits)
     p.add_argument(
         "--memory-mb", type=int, default=limits.memory_mb, help="address space per notebook"
     )
@@ -94,6 +87,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError as err:
         p.error(str(err))
     return args
+
+
+def add_run_options(p: argparse.ArgumentParser, limits: Limits) -> None:
+    """The options the grader and the students' self-check share: the exercise, the time limits."""
+    p.add_argument("--exercise", help="exercise of notebooks whose metadata names none")
+    p.add_argument("--timeout", type=float, default=limits.timeout, help="seconds per notebook")
+    p.add_argument(
+        "--cell-timeout", type=float, default=limits.cell_timeout, help="seconds per code cell"
+    )
+    p.add_argument(
+        "--case-timeout", type=float, default=limits.case_timeout, help="seconds per check"
+    )
 
 
 def find_notebooks(paths: list[Path]) -> list[Path]:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from metalib.grading import registry
-from metalib.grading.__main__ import find_notebooks
+from metalib.grading.__main__ import add_run_options, find_notebooks
 from metalib.grading.grader import _cell_errors, _read, read_notebook
 from metalib.grading.launch import Limits, decode
 from metalib.grading.scores import QuestionScore, answers_of, score_question
@@ -114,14 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "checks: the grade comes from the instructor's grader (Linux or Gradescope).",
     )
     p.add_argument("paths", nargs="+", type=Path, help="notebooks, or folders of notebooks")
-    p.add_argument("--exercise", help="exercise of notebooks whose metadata names none")
-    p.add_argument("--timeout", type=float, default=limits.timeout, help="seconds per notebook")
-    p.add_argument(
-        "--cell-timeout", type=float, default=limits.cell_timeout, help="seconds per code cell"
-    )
-    p.add_argument(
-        "--case-timeout", type=float, default=limits.case_timeout, help="seconds per check"
-    )
+    add_run_options(p, limits)
     p.add_argument(
         "--show-output", action="store_true", help="print what the notebook printed, after it"
     )
