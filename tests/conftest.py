@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import json
 import os
 from pathlib import Path
 
@@ -147,3 +151,63 @@ def device_under_test(request, monkeypatch) -> torch.device:
     from metalib.runtime import device
 
     yield device()
+
+
+# ------------------------------------------------------------------ exercises and their judges
+
+
+@functools.cache
+def exercise(name: str):
+    """The built-in exercise ``name`` (its visible cases; hidden ones: :func:`hidden_cases`)."""
+    from metalib.grading import registry
+
+    return registry.builtin_exercises()[name]
+
+
+@functools.cache
+def solution(name: str) -> dict:
+    """The namespace of ``solutions/<name>.ipynb`` after running its code cells."""
+    nb = json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())
+    assert nb["metadata"]["workbook"]["exercise"] == name
+    namespace: dict = {"__name__": f"solution_{name}"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for i, cell in enumerate(nb["cells"]):
+            if cell["cell_type"] == "code":
+                exec(compile("".join(cell["source"]), f"{name} cell {i}", "exec"), namespace)
+    return namespace
+
+
+@functools.cache
+def hidden_cases(name: str) -> dict:
+    """``{question: [Case]}`` of ``hidden_tests/ex<name>.py``."""
+    from metalib.grading import registry
+
+    return registry.load_tests(ROOT / "hidden_tests")[1][name]
+
+
+def all_cases(name: str, question) -> list:
+    return [*question.visible, *hidden_cases(name)[question.name]]
+
+
+def wrong_answer_fails(name: str, variant: str, qname: str, fn, says: str) -> None:
+    """``fn`` fails a visible case with a message containing ``says``, and fails overall."""
+    from metalib.grading.feedback import evaluate_cases
+
+    question = exercise(name).question(qname)
+    references = exercise(name).references(qname)
+    verdict = evaluate_cases(question, question.visible, fn, references)
+    assert not verdict, f"{variant}: passed the visible checks"
+    assert any(says in f for f in verdict.failures), f"{variant}: {verdict}"
+    assert not any("could not be checked" in f for f in verdict.failures), str(verdict)
+    everything = evaluate_cases(question, all_cases(name, question), fn, references)
+    assert everything.passed < everything.total
+
+
+def right_answer_passes(name: str, qname: str, fn) -> None:
+    """``fn``, another right answer than the solution's, passes every case."""
+    from metalib.grading.feedback import evaluate_cases
+
+    question = exercise(name).question(qname)
+    references = exercise(name).references(qname)
+    verdict = evaluate_cases(question, all_cases(name, question), fn, references)
+    assert verdict, str(verdict)

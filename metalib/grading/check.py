@@ -153,14 +153,7 @@ def check_notebook(
     questions = visible_only(exercise)
     request = {
         "cells": cells,
-        "questions": [
-            {
-                "name": q.name,
-                "function": q.function,
-                "cases": [{"probe": c.probe, "kwargs": c.kwargs} for c in q.visible],
-            }
-            for q in questions
-        ],
+        "questions": exercise.request(hidden=False),
         "cell_timeout": float(min(limits.cell_timeout, limits.timeout)),
         "case_timeout": float(min(limits.case_timeout, limits.timeout)),
     }

@@ -7,12 +7,12 @@ what came back and for which input — instead of a traceback wall. It returns a
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metalib.grading import probes
+from metalib.grading.question import references as runner_references
 from metalib.grading.spec import Case, Exercise, Question
 
 
@@ -37,13 +37,8 @@ class Verdict:
 
 def run_case(question: Question, case: Case, fn: Callable[..., Any]) -> str | None:
     """Run one case in this process; ``None`` when it passes, else a message for the student."""
-    probe = getattr(probes, case.probe, None)
-    if probe is None:
-        raise ValueError(
-            f"{question.name}: case {case.label!r} names an unknown probe {case.probe!r}"
-        )
     try:
-        output = probe(fn, **copy.deepcopy(case.kwargs))
+        output = question.run(fn, case)
     except NotImplementedError as err:
         return f"not answered yet ({err})" if str(err) else "not answered yet"
     except Exception as err:  # a student's error is feedback, not a crash of the check
@@ -55,15 +50,28 @@ def run_case(question: Question, case: Case, fn: Callable[..., Any]) -> str | No
     return None if message is None else f"{case.label}: {message}"
 
 
-def evaluate_cases(question: Question, cases: Sequence[Case], fn: Callable[..., Any]) -> Verdict:
-    """Run ``cases`` of ``question`` against ``fn`` and collect the verdict."""
+def evaluate_cases(
+    question: Question,
+    cases: Sequence[Case],
+    fn: Callable[..., Any],
+    references: dict[str, str] | None = None,
+) -> Verdict:
+    """Run ``cases`` of ``question`` against ``fn`` and collect the verdict.
+
+    Args:
+        references: ``{function: "module:name"}`` of earlier questions, put in ``fn``'s globals
+            while the cases run (:meth:`metalib.grading.spec.Exercise.references`).
+    """
     failures = []
-    for case in cases:
-        message = run_case(question, case, fn)
-        if message is not None:
-            failures.append(message)
-            if message.startswith("not answered yet"):
-                return Verdict(question.name, 0, len(cases), (message,))
+    namespace = getattr(fn, "__globals__", None)
+    names = references if namespace is not None and references else {}
+    with runner_references(namespace, names) if names else contextlib.nullcontext():
+        for case in cases:
+            message = run_case(question, case, fn)
+            if message is not None:
+                failures.append(message)
+                if message.startswith("not answered yet"):
+                    return Verdict(question.name, 0, len(cases), (message,))
     return Verdict(question.name, len(cases) - len(failures), len(cases), tuple(failures))
 
 
@@ -72,6 +80,6 @@ def check(exercise: Exercise, name: str, fn: Callable[..., Any]) -> Verdict:
     question = exercise.question(name)
     if not callable(fn):
         raise ValueError(f"check({name!r}, ...) needs the function {question.function}, got {fn!r}")
-    verdict = evaluate_cases(question, question.visible, fn)
+    verdict = evaluate_cases(question, question.visible, fn, exercise.references(name))
     print(verdict)
     return verdict

@@ -203,17 +203,7 @@ class Grader:
             zeros = tuple(zero(q, len(cases(q)), problem) for q in exercise.questions)
             seconds = time.monotonic() - start
             return Grade(path.name, exercise.name, zeros, (head, problem), seconds, problem=problem)
-        request = {
-            "cells": cells,
-            "questions": [
-                {
-                    "name": q.name,
-                    "function": q.function,
-                    "cases": [{"probe": c.probe, "kwargs": c.kwargs} for c, _ in cases(q)],
-                }
-                for q in exercise.questions
-            ],
-        }
+        request = {"cells": cells, "questions": exercise.request()}
         with tempfile.TemporaryDirectory(prefix="metalib-grade-") as scratch:
             outcome = launch.run(request, Path(scratch), self.limits, self.python, self.hide)
         with _judging:

@@ -40,10 +40,11 @@ import torch  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
-from metalib.grading import probes  # noqa: E402
+from metalib.grading.question import find_probe, references  # noqa: E402
 from metalib.runtime import seed_everything  # noqa: E402
 
 MESSAGE_CHARS = 600
+WALL_FACTOR = 4  # wall-clock backstop of a CPU-time limit, as a multiple of it
 # A cell made only of check(...) calls runs visible cases the grader runs anyway: skip it.
 CHECK_LINE = re.compile(r"^\s*(?:_\s*=\s*)?check\(.*\)\s*;?\s*(?:#.*)?$")
 
@@ -72,11 +73,16 @@ def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
 
 @contextlib.contextmanager
 def time_limit(seconds: float, use_signal: bool | None = None) -> Iterator[None]:
-    """Raise :class:`TimeLimit` in the running code after ``seconds`` of wall-clock time.
+    """Raise :class:`TimeLimit` in the running code after ``seconds`` of this process's CPU time.
+
+    CPU time does not grow while other processes hold the cores, so a busy machine does not make
+    a correct answer run out of time. Wall-clock time is the backstop, at ``WALL_FACTOR`` times
+    the limit (a ``time.sleep`` uses no CPU). On Windows (no ``setitimer``) and off the main
+    thread the limit is wall-clock time.
 
     Args:
-        use_signal: ``SIGALRM`` (``True``) or a timer thread (``False``); by default the signal
-            where the system has one and this is the main thread.
+        use_signal: ``SIGPROF``/``SIGALRM`` (``True``) or a timer thread (``False``); by default
+            the signals where the system has them and this is the main thread.
     """
     if use_signal is None:
         use_signal = (
@@ -85,12 +91,15 @@ def time_limit(seconds: float, use_signal: bool | None = None) -> Iterator[None]
             and threading.current_thread() is threading.main_thread()
         )
     if use_signal:
-        signal.signal(signal.SIGALRM, _on_alarm)  # each time: the notebook may have replaced it
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        for sig in (signal.SIGALRM, signal.SIGPROF):  # each time: the notebook may replace them
+            signal.signal(sig, _on_alarm)
+        signal.setitimer(signal.ITIMER_PROF, seconds)
+        signal.setitimer(signal.ITIMER_REAL, seconds * WALL_FACTOR)
         try:
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
         return
     target, lock, active = threading.get_ident(), threading.Lock(), [True]
 
@@ -182,23 +191,29 @@ def run_case(fn: Any, case: dict, seconds: float) -> tuple[str, Any]:
     """Run one case's probe on ``fn``: ``(status, output or message)``.
 
     Status is ``"ok"``, ``"error"``, ``"timeout"`` or ``"unanswered"`` (NotImplementedError).
+    A case that runs out of time is run once more before its timeout counts.
     """
-    probe = getattr(probes, case["probe"], None)
-    if probe is None:
-        return "error", f"the grader has no probe {case['probe']!r}"
-    seed_everything(0)
     try:
-        with time_limit(seconds):
-            output = probe(fn, **case["kwargs"])
-    except TimeLimit:
-        return "timeout", f"did not finish within {seconds:g} s"
-    except NotImplementedError as err:
-        return "unanswered", str(err)
-    except BaseException as err:  # the student's error (even SystemExit) is feedback
-        return "error", describe(err)
-    finally:
-        flush()
-    return "ok", output
+        probe = find_probe(case["probe"])
+    except (ValueError, ImportError, AttributeError) as err:
+        return "error", str(err)
+    for attempt in range(2):
+        seed_everything(0)
+        try:
+            with time_limit(seconds):
+                output = probe(fn, **case["kwargs"])
+        except TimeLimit:
+            if attempt == 0:
+                continue
+            return "timeout", f"did not finish within {seconds:g} s (tried twice)"
+        except NotImplementedError as err:
+            return "unanswered", str(err)
+        except BaseException as err:  # the student's error (even SystemExit) is feedback
+            return "error", describe(err)
+        finally:
+            flush()
+        return "ok", output
+    raise AssertionError("unreachable")
 
 
 def answer(shell: InteractiveShell, questions: list, seconds: float, channel: Channel) -> None:
@@ -211,18 +226,21 @@ def answer(shell: InteractiveShell, questions: list, seconds: float, channel: Ch
             missing = f"the notebook defines no {function} (did the cell that defines it fail?)"
         elif not callable(fn):
             missing = f"{function} is a {type(fn).__name__}, not a function"
-        for index, case in enumerate(question["cases"]):
-            if missing is not None:
-                status = "missing" if fn is None or not callable(fn) else "skipped"
-                channel.send(kind="case", question=name, index=index, status=status, value=missing)
-                continue
-            channel.send(kind="running", what=f"{name}, check {index + 1}")
-            status, value = run_case(fn, case, seconds)
-            channel.send(kind="case", question=name, index=index, status=status, value=value)
-            if status == "unanswered":
-                break  # the rest of the question's cases would raise the same
-            if status == "timeout":  # one endless loop costs this question, not the notebook
-                missing = f"an earlier check of {function} did not finish within {seconds:g} s"
+        with references(shell.user_ns, question.get("references", {})):
+            for index, case in enumerate(question["cases"]):
+                if missing is not None:
+                    status = "missing" if fn is None or not callable(fn) else "skipped"
+                    channel.send(
+                        kind="case", question=name, index=index, status=status, value=missing
+                    )
+                    continue
+                channel.send(kind="running", what=f"{name}, check {index + 1}")
+                status, value = run_case(fn, case, seconds)
+                channel.send(kind="case", question=name, index=index, status=status, value=value)
+                if status == "unanswered":
+                    break  # the rest of the question's cases would raise the same
+                if status == "timeout":  # one endless loop costs this question, not the notebook
+                    missing = f"an earlier check of {function} did not finish within {seconds:g} s"
 
 
 def run_notebook(request: dict, channel: Channel) -> None:

@@ -17,6 +17,7 @@ sandbox, and it never sees a judge or an expected value.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,16 @@ class Question:
         if not self.visible:
             raise ValueError(f"{self.name}: a question needs at least one visible case")
 
+    def request(self, case: Case) -> dict[str, Any]:
+        """What the sandbox runs for ``case``: a probe's name and its plain-data arguments."""
+        return {"probe": case.probe, "kwargs": case.kwargs}
+
+    def run(self, fn: Callable[..., Any], case: Case) -> Any:
+        """Probe ``fn`` on ``case`` in this process (the notebook's instant check)."""
+        from metalib.grading.question import find_probe
+
+        return find_probe(case.probe)(fn, **copy.deepcopy(case.kwargs))
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -80,6 +91,34 @@ class Exercise:
         names = [q.name for q in self.questions]
         if len(set(names)) != len(names):
             raise ValueError(f"exercise {self.name}: question names repeat: {names}")
+
+    def references(self, name: str) -> dict[str, str]:
+        """``{function: "module:name" of its reference}`` of the questions before ``name``.
+
+        A later question that calls an earlier one's function gets the reference instead of the
+        student's own, so that each question is graded on its own.
+        """
+        from metalib.grading.question import qualified
+
+        found = {}
+        for q in self.questions:
+            if q.name == name:
+                return found
+            if getattr(q, "reference", None) is not None:
+                found[q.function] = qualified(q.reference)
+        raise ValueError(f"exercise {self.name} has no question {name!r}")
+
+    def request(self, hidden: bool = True) -> list[dict[str, Any]]:
+        """The questions as the sandbox runs them (plain data): function, cases, references."""
+        return [
+            {
+                "name": q.name,
+                "function": q.function,
+                "cases": [q.request(c) for c in (*q.visible, *(q.hidden if hidden else ()))],
+                "references": self.references(q.name),
+            }
+            for q in self.questions
+        ]
 
     def question(self, name: str) -> Question:
         for q in self.questions:

@@ -1,0 +1,152 @@
+"""Exercise 00_tasks: wrong samplers fail with a message naming the mistake."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from conftest import (
+    exercise,
+    solution,
+    wrong_answer_fails,
+)
+from metalib.grading.feedback import run_case
+
+NAME = "00_tasks"
+
+
+def _classes_checked(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def wrapped(n_classes, n_way, generator):
+        if n_way > n_classes:
+            raise ValueError("too many ways")
+        return fn(n_classes, n_way, generator)
+
+    return wrapped
+
+
+def _support_query_checked(fn):
+    def wrapped(per_class, k_shot, q_queries, generator):
+        if k_shot + q_queries > per_class:
+            raise ValueError("too many images")
+        return fn(per_class, k_shot, q_queries, generator)
+
+    return wrapped
+
+
+def _episode(variant: str):
+    """The solution's make_episode with one thing done wrong."""
+    ns = solution("00_tasks")
+    sample_classes, relabel = ns["sample_classes"], ns["relabel"]
+
+    def make_episode(data, n_way, k_shot, q_queries, generator):
+        if k_shot + q_queries > data.per_class or n_way > data.n_classes:
+            raise ValueError("impossible episode")
+        classes = sample_classes(data.n_classes, n_way, generator)
+        out = {"classes": classes}
+        for part, per, offset in (("support", k_shot, 0), ("query", q_queries, k_shot)):
+            c = classes.repeat_interleave(per)
+            m = torch.stack(
+                [torch.randperm(data.per_class, generator=generator) for _ in range(n_way)]
+            )
+            m = m[:, offset : offset + per].flatten()  # a fresh permutation per set: overlaps
+            if variant != "overlap":
+                m = torch.arange(offset, offset + per).repeat(n_way)
+            if variant != "grouped":
+                order = torch.randperm(len(c), generator=generator)
+                c, m = c[order], m[order]
+            out[f"{part}_x"] = data.get(c, m)
+            out[f"{part}_y"] = c if variant == "class labels" else relabel(c, classes)
+            if variant == "uint8":
+                out[f"{part}_x"] = data.images[c, m].unsqueeze(1)
+        return tuple(out.values()) if variant == "tuple" else out
+
+    return make_episode
+
+
+WRONG = {
+    "sorted classes": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n, generator=g)[:k].sort().values),
+        "random order",
+    ),
+    "global generator": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n)[:k]),
+        "torch's global generator",
+    ),
+    "classes with repeats": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randint(n, (k,), generator=g)),
+        "must be distinct",
+    ),
+    "one class short": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n - 1, generator=g)[:k]),
+        "should have shape (5,)",
+    ),
+    "no ValueError": (
+        "q1",
+        lambda n, k, g: torch.randperm(n, generator=g)[:k],
+        "expected a ValueError",
+    ),
+    "float classes": (
+        "q1",
+        _classes_checked(lambda n, k, g: torch.randperm(n, generator=g)[:k].float()),
+        "integer indices",
+    ),
+    "support and query drawn apart": (
+        "q2",
+        _support_query_checked(
+            lambda m, k, q, g: (
+                torch.randperm(m, generator=g)[:k],
+                torch.randperm(m, generator=g)[:q],
+            )
+        ),
+        "share images",
+    ),
+    "always the first images": (
+        "q2",
+        _support_query_checked(lambda m, k, q, g: (torch.arange(k), torch.arange(k, k + q))),
+        "every image must be possible",
+    ),
+    "labels by sorted class": (
+        "q3",
+        lambda sample_classes, episode_classes: torch.searchsorted(
+            episode_classes.sort().values, sample_classes
+        ),
+        "so its label is",
+    ),
+    "class numbers as labels": (
+        "q3",
+        lambda sample_classes, episode_classes: sample_classes,
+        "expected labels",
+    ),
+    "grouped, not shuffled": ("q4", _episode("grouped"), "no position tells the label"),
+    "class numbers in y": ("q4", _episode("class labels"), "should hold labels 0.."),
+    "support and query overlap": ("q4", _episode("overlap"), "must be distinct"),
+    "uint8 images": ("q4", _episode("uint8"), "float32 images"),
+    "a tuple, not a dict": ("q4", _episode("tuple"), "should return a dict"),
+}
+
+
+@pytest.mark.parametrize(
+    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
+)
+def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
+    wrong_answer_fails(NAME, variant, qname, fn, says)
+
+
+def test_every_question_has_a_wrong_answer():
+    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
+
+
+def test_a_raised_error_is_feedback_not_a_crash():
+    question = exercise(NAME).question("q4")
+
+    def broken(data, n_way, k_shot, q_queries, generator):
+        return data.get(torch.zeros(3), torch.zeros(4))
+
+    message = run_case(question, question.visible[0], broken)
+    assert message is not None and "raised ValueError" in message
