@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export METALIB_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit test-gpu lint strip colab exercises check release grade gradescope lock bench clean
+.PHONY: help setup book check-book test test-unit test-gpu lint strip colab exercises check release grade gradescope check-tests lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -82,9 +82,13 @@ grade: $(STAMP)  ## Grade notebooks: make grade SUB=folder-or-notebook OUT=resul
 	$(if $(TESTS),,$(call need,hidden_tests))
 	$(BIN)/python -m metalib.grading $(SUB) --out $(OUT) $(if $(TESTS),--tests $(TESTS))
 
-gradescope: $(STAMP)  ## Build the Gradescope autograder upload: _build/gradescope/autograder.zip
-	$(call need,hidden_tests)
-	$(BIN)/python tools/gradescope/build.py
+gradescope: $(STAMP)  ## Build the Gradescope autograder upload: _build/gradescope/autograder.zip [TESTS=dir]
+	$(if $(TESTS),,$(call need,hidden_tests))
+	$(BIN)/python tools/gradescope/build.py $(if $(TESTS),--tests $(TESTS))
+
+check-tests: $(STAMP)  ## Prove a tests folder: solutions score full marks, stubs 0 (make check-tests [TESTS=dir])
+	$(call need,solutions)
+	$(BIN)/python tools/check_tests.py $(if $(TESTS),--tests $(TESTS))
 
 strip: $(STAMP)  ## Strip outputs and noisy metadata from every notebook (before committing)
 	$(BIN)/python tools/strip_notebooks.py

@@ -11,9 +11,8 @@ from metalib.grading.ex03_blackbox import (
     tokens_case,
     weights_case,
 )
-from metalib.grading.spec import Case
 
-HIDDEN: dict[str, list[Case]] = {
+HIDDEN = {
     "q1": [
         tokens_case(4, 5, 1, 5, 8, n_slots=20, seed=10),  # many more slots than classes
         tokens_case(1, 1, 1, 1, 1, n_slots=1, seed=11),

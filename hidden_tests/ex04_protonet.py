@@ -13,9 +13,8 @@ from metalib.grading.ex04_protonet import (
     mlp_encoder,
     prototypes_case,
 )
-from metalib.grading.spec import Case
 
-HIDDEN: dict[str, list[Case]] = {
+HIDDEN = {
     "q1": [
         prototypes_case(4, [5] * 5, 16, seed=10),
         prototypes_case(1, [7, 1], 3, seed=11),  # very unequal shots

@@ -36,7 +36,8 @@ import torch
 from conftest import ROOT
 from metalib.grading import __main__ as cli
 from metalib.grading import grader, launch, lockdown, registry, scores, view
-from metalib.grading.spec import Case, Exercise, Question
+from metalib.grading.question import Question, case, given
+from metalib.grading.spec import Exercise
 
 AS_ROOT = sys.platform.startswith("linux") and os.geteuid() == 0
 ATTACKS = ("deleter", "reader", "escaper")  # what a weak sandbox would let do real damage
@@ -49,44 +50,34 @@ FIXTURE = f'''
 
 import torch
 
-from metalib.grading.spec import Case, Exercise, Question
+from metalib.grading.question import Question, case, given
+from metalib.grading.spec import Exercise
 
 
-def _judge(expected, out):
-    if not isinstance(out, torch.Tensor):
-        return f"expected a tensor, got {{type(out).__name__}}"
-    try:
-        torch.testing.assert_close(out, expected)
-    except AssertionError:
-        return f"expected {{expected.tolist()}}, got {{out.tolist()}}"
-    return None
+def add(a, b):
+    return a + b
 
 
-def judge_add(case, out):
-    return _judge(case.kwargs["a"] + case.kwargs["b"], out)
-
-
-def judge_scale(case, out):
-    return _judge(case.kwargs["x"] * case.kwargs["k"], out)
+def scale(x, k):
+    return x * k
 
 
 def _add(label, a, b):
-    return Case(label, {{"a": torch.tensor(a), "b": torch.tensor(b)}})
+    return case(label, a=torch.tensor(a), b=torch.tensor(b))
 
 
 EXERCISE = Exercise(
     "99_add",
     (
-        Question("q1", "add", 2, judge_add, visible=(_add("1 + 2", [1.0], [2.0]),
-                 _add("rows", [[1.0, 2.0]], [[3.0, 4.0]])), title="add two tensors"),
-        Question("q2", "scale", 1, judge_scale,
-                 visible=(Case("x 3", {{"x": torch.tensor([1.0, 2.0]), "k": 3.0}}),),
-                 title="scale a tensor"),
+        Question("q1", "add", 2, given, reference=add, title="add two tensors",
+                 visible=(_add("1 + 2", [1.0], [2.0]), _add("rows", [[1.0, 2.0]], [[3.0, 4.0]]))),
+        Question("q2", "scale", 1, given, reference=scale, title="scale a tensor",
+                 visible=(case("x 3", x=torch.tensor([1.0, 2.0]), k=3.0),)),
     ),
 )
 HIDDEN = {{
     "q1": [_add("negative", [-3.0], [1.0]), _add("halves", [0.5], [0.25])],
-    "q2": [Case("x -1", {{"x": torch.tensor([4.0]), "k": -1.0}})],
+    "q2": [case("x -1", x=torch.tensor([4.0]), k=-1.0)],
 }}
 '''
 
@@ -398,12 +389,13 @@ def batch(tmp_path_factory):
     return {**grade_folder(tmp_path_factory.mktemp("grading"), names), "names": names}
 
 
-def question(result: dict, name: str) -> dict:
-    return next(t for t in result["tests"] if t["name"].startswith(name + ":"))
+def question(result: dict, name: str) -> list[dict]:
+    """A question's Gradescope tests: its visible cases', then its hidden cases' (if any)."""
+    return [t for t in result["tests"] if t["name"].startswith(name + ":")]
 
 
 def points(result: dict) -> tuple[float, float]:
-    return question(result, "q1")["score"], question(result, "q2")["score"]
+    return tuple(round(sum(t["score"] for t in question(result, q)), 4) for q in ("q1", "q2"))
 
 
 # ------------------------------------------------------------------------ the batch (slow)
@@ -420,13 +412,22 @@ def test_batch_runs_to_the_end_and_exits_zero(batch):
     graded = [ln for ln in lines if ".ipynb: " in ln]
     assert len(graded) == len(batch["names"]), done.stdout
     rows = list(csv.DictReader((batch["out"] / "scores.csv").open()))
-    assert rows[0].keys() == {"submission", "question", "score", "max"}
+    assert list(rows[0]) == ["submission", "exercise", "q1", "q2", "total", "max"]
     assert {"correct", "stubborn_loop", "garbage_99_add", "mystery"} <= {
         r["submission"] for r in rows
     }
-    assert {("correct", "q1", "2", "2"), ("correct", "q2", "1", "1")} <= {
-        (r["submission"], r["question"], r["score"], r["max"]) for r in rows
+    assert len(rows) == len(batch["names"])  # one row per submission
+    correct = next(r for r in rows if r["submission"] == "correct")
+    assert correct == {
+        "submission": "correct",
+        "exercise": "99_add",
+        "q1": "2",
+        "q2": "1",
+        "total": "3",
+        "max": "3",
     }
+    mystery = next(r for r in rows if r["submission"] == "mystery")
+    assert (mystery["exercise"], mystery["q1"], mystery["total"]) == ("", "", "0")
 
 
 @pytest.mark.slow
@@ -434,7 +435,12 @@ def test_batch_runs_to_the_end_and_exits_zero(batch):
     "name, q1, q2, reason",
     [
         ("correct", 2.0, 1.0, None),
-        ("partial", 1.5, 0.0, "negative (hidden check): expected [-2.0], got [2.0]"),
+        (
+            "partial",
+            1.5,
+            0.0,
+            "negative (hidden check): the result at index [0]: expected -2, got 2",
+        ),
         ("blank", 0.0, 0.0, "not answered yet (add a and b)"),
         ("syntax_error", 0.0, 1.0, "SyntaxError"),
         ("top_exception", 2.0, 0.0, "RuntimeError: boom at top level"),
@@ -453,7 +459,7 @@ def test_batch_runs_to_the_end_and_exits_zero(batch):
         ("huge_output", 2.0, 1.0, None),
         ("deleter", 2.0, 1.0, None),
         ("reader", 0.0, 1.0, "raised RuntimeError"),
-        ("monkeypatcher", 0.0, 0.0, "expected [3.0], got [-1.0]"),
+        ("monkeypatcher", 0.0, 0.0, "the result at index [0]: expected 3, got -1"),
         ("forger", 0.0, 0.0, "could not read the notebook's answers"),
         ("escaper", 2.0, 1.0, None),
         ("no_metadata_99_add", 2.0, 1.0, "from the file name"),
@@ -570,7 +576,7 @@ def test_grading_twice_gives_identical_results(batch, tmp_path):
         scores = [[t["score"] for t in r["tests"]] + [r["score"]] for r in (again, first)]
         assert scores[0] == scores[1]
         for r in (again, first):
-            output = r["tests"][1]["output"]
+            output = " ".join(t["output"] for t in question(r, "q2"))
             assert "raised MemoryError" in output or "did not finish within" in output, output
 
 
@@ -717,18 +723,20 @@ def test_registry_errors(tmp_path):
     with pytest.raises(ValueError, match="must be a list of Case"):
         registry.merge_hidden(exercise, {"q1": ["not a case"]})
     odd = Exercise(
-        "odd", (Question("q1", "f", 1, _never, visible=(Case("obj", {"x": object()}),)),)
+        "odd", (Question("q1", "f", 1, given, check=_never, visible=(case("obj", x=object()),)),)
     )
     with pytest.raises(ValueError, match="kwargs must be plain data"):
         registry.check_plain(odd)
 
 
-def _never(case, out):
+def _never(spec, got, want):
     return "never"
 
 
 def _tiny_exercise() -> Exercise:
-    return Exercise("98_tiny", (Question("q1", "f", 2, _never, visible=(Case("a", {"x": 1}),)),))
+    return Exercise(
+        "98_tiny", (Question("q1", "f", 2, given, check=_never, visible=(case("a", x=1),)),)
+    )
 
 
 def test_identify_order_metadata_then_option_then_file_name():
@@ -787,17 +795,27 @@ def test_decode_frames_and_refuse_anything_else():
 def test_score_question_counts_cases_and_explains_failures(tmp_path):
     q1 = registry.load_exercises(write_tests(tmp_path / "tests"))["99_add"].question("q1")
     answers = {
-        0: ("ok", torch.tensor([3.0])),
-        1: ("ok", "a string"),
+        0: ("ok", {"out": torch.tensor([3.0]), "changed": []}),
+        1: ("ok", {"out": "a string", "changed": []}),
         2: ("error", "ValueError: no (line 2, in add)"),
     }
     score = scores.score_question(q1, answers, "the notebook stopped")
     assert (score.passed, score.total, score.score, score.max_score) == (1, 4, 0.5, 2)
-    assert score.messages == (
-        "rows: expected a tensor, got str",
+    assert (score.hidden_passed, score.hidden_total) == (0, 2)
+    assert score.messages == ("rows: the result: expected a tensor, got a str",)
+    assert score.hidden_messages == (
         "negative (hidden check): raised ValueError: no (line 2, in add)",
         "1 check not run: the notebook stopped",
     )
+    visible, hidden = score.tests()
+    assert (visible["score"], visible["max_score"], visible["status"]) == (0.5, 1.0, "failed")
+    assert (hidden["score"], hidden["max_score"], hidden["visibility"]) == (
+        0.0,
+        1.0,
+        "after_due_date",
+    )
+    assert "negative" in hidden["output"] and "negative" not in visible["output"]
+    assert score.tests("hidden")[1]["visibility"] == "hidden"
     unanswered = scores.score_question(q1, {0: ("unanswered", "hint")}, "")
     assert (unanswered.score, unanswered.messages) == (0.0, ("not answered yet (hint)",))
     late = "an earlier check of add did not finish within 2 s"
@@ -805,16 +823,19 @@ def test_score_question_counts_cases_and_explains_failures(tmp_path):
         0: ("timeout", "did not finish within 2 s"),
         **{i: ("skipped", late) for i in (1, 2, 3)},
     }
-    assert scores.score_question(q1, timed, "").messages == (
-        "1 + 2: did not finish within 2 s",
-        f"3 more checks not run: {late}",
-    )
-    brief = scores.score_question(q1, {2: ("ok", 1), 3: ("ok", 2)}, "stopped", hidden_details=False)
-    assert brief.messages == ("2 hidden checks failed", "2 checks not run: stopped")
+    slow = scores.score_question(q1, timed, "")
+    assert slow.messages == ("1 + 2: did not finish within 2 s", f"1 more check not run: {late}")
+    assert slow.hidden_messages == (f"2 more checks not run: {late}",)
+    wrong = {i: ("ok", {"out": torch.tensor([9.0]), "changed": []}) for i in (2, 3)}
+    brief = scores.score_question(q1, wrong, "stopped", hidden_details=False)
+    assert brief.messages == ("2 checks not run: stopped",)
+    assert brief.hidden_messages == ("2 hidden checks failed",)
     missing = scores.score_question(q1, {i: ("missing", "no add") for i in range(4)}, "")
     assert (missing.score, missing.messages) == (0.0, ("no add",))
-    crashing = Question("q1", "f", 1, lambda case, out: 1 / 0, visible=(Case("a", {}),))
-    odd = scores.score_question(crashing, {0: ("ok", 1)}, "")
+    crashing = Question(
+        "q1", "f", 1, given, check=lambda spec, got, want: 1 / 0, visible=(case("a"),)
+    )
+    odd = scores.score_question(crashing, {0: ("ok", {"out": 1, "changed": []})}, "")
     assert odd.messages == (
         "a: the output could not be checked (ZeroDivisionError: division by zero)",
     )

@@ -5,11 +5,12 @@ Usage::
     python -m metalib.grading SUBMISSION_OR_FOLDER [...] --out DIR [--tests DIR]
         [--exercise NAME] [--timeout S] [--cell-timeout S] [--case-timeout S] [--memory-mb M]
         [--jobs N]
-        [--brief-hidden] [--python PATH] [--gradescope RESULTS_JSON]
+        [--brief-hidden] [--hidden-visibility WHEN] [--python PATH] [--gradescope RESULTS_JSON]
 
 Writes ``DIR/<submission>/results.json`` (Gradescope's format), ``DIR/<submission>/log.txt``
 (the notebook's output and how it was sandboxed, for the instructor), ``DIR/scores.csv``
-(submission, question, score, max) and one line per submission on stdout.
+(one row per submission: exercise, a column per question, total, max), ``DIR/report.md`` (the
+class report, :mod:`metalib.grading.report`) and one line per submission on stdout.
 
 Exit status: 0 when grading ran, whatever the scores; 2 for bad arguments or when no notebook is
 found; 1 when the grader cannot run (not on Linux, a dependency missing in the sandbox's Python,
@@ -32,9 +33,11 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from metalib.grading import registry
+from metalib.grading import registry, report
 from metalib.grading.grader import Grade, Grader, GraderError, exposure
 from metalib.grading.launch import Limits, require_linux
+
+VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")  # Gradescope's
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +64,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--brief-hidden",
         action="store_true",
         help="report failed hidden checks by count only, not their inputs and messages",
+    )
+    p.add_argument(
+        "--hidden-visibility",
+        choices=VISIBILITIES,
+        default="after_due_date",
+        help="when students see the hidden checks' results on Gradescope (default: after_due_date)",
     )
     p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once")
     p.add_argument(
@@ -133,22 +142,24 @@ def output_names(notebooks: list[Path]) -> list[str]:
     return names
 
 
-def write_results(out: Path, name: str, grade: Grade) -> None:
+def write_results(out: Path, name: str, results: dict, log: str) -> None:
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(grade.results(), indent=2) + "\n")
-    (folder / "log.txt").write_text(grade.log + "\n")
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "log.txt").write_text(log + "\n")
 
 
 def write_csv(path: Path, rows: list[tuple[str, Grade]]) -> None:
+    """One row per submission: its exercise, a column per question, the total and the maximum."""
+    names = list(dict.fromkeys(q.name for _, grade in rows for q in grade.questions))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["submission", "question", "score", "max"])
+        writer.writerow(["submission", "exercise", *names, "total", "max"])
         for name, grade in rows:
-            if not grade.questions:
-                writer.writerow([name, "", 0, 0])
-            for q in grade.questions:
-                writer.writerow([name, q.name, f"{q.score:g}", f"{q.max_score:g}"])
+            got = {q.name: f"{q.score:g}" for q in grade.questions}
+            cells = [got.get(q, "") for q in names]
+            total = [f"{grade.score:g}", f"{grade.max_score:g}"]
+            writer.writerow([name, grade.exercise or "", *cells, *total])
 
 
 def gradescope_refusal(notebooks: list[Path]) -> dict:
@@ -238,16 +249,24 @@ def grade(args: argparse.Namespace, out: Path) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         graded = pool.map(lambda nb: _grade_safely(grader, nb), notebooks)
         for name, (result, ok) in zip(names, graded, strict=True):
-            write_results(out, name, result)
+            write_results(out, name, result.results(args.hidden_visibility), result.log)
             rows.append((name, result))
             failures += not ok
             print(result.summary(), flush=True)
     write_csv(out / "scores.csv", rows)
     if args.gradescope is not None:
         args.gradescope.parent.mkdir(parents=True, exist_ok=True)
-        args.gradescope.write_text(json.dumps(rows[0][1].results(), indent=2) + "\n")
+        text = json.dumps(rows[0][1].results(args.hidden_visibility), indent=2)
+        args.gradescope.write_text(text + "\n")
+    else:
+        report.write(out, exercises)
     took = time.monotonic() - start
-    print(f"graded {len(rows)} notebook(s) in {took:.1f} s; scores in {out / 'scores.csv'}")
+    print(
+        f"graded {len(rows)} notebook(s) in {took:.1f} s; scores in {out / 'scores.csv'}, "
+        f"class report in {out / 'report.md'}"
+        if args.gradescope is None
+        else f"graded {len(rows)} notebook(s) in {took:.1f} s"
+    )
     if failures:
         print(f"error: {failures} submission(s) hit an internal grader error", file=sys.stderr)
     return 1 if failures else 0

@@ -76,19 +76,29 @@ class Mistake:
     when: Callable[[Spec], bool] | None = None
 
 
+def importable(fn: Callable[..., Any]) -> str | None:
+    """``"module:name"`` of a function of a metalib module, which the sandbox can import."""
+    name, module = getattr(fn, "__qualname__", ""), getattr(fn, "__module__", "") or ""
+    if module.split(".")[0] != "metalib" or not name or "<" in name or "." in name:
+        return None
+    return f"{module}:{name}"
+
+
 def qualified(fn: Callable[..., Any]) -> str:
-    """``"module:name"`` of a module-level function, the way the sandbox imports it.
+    """``"module:name"`` of a module-level function of metalib, the way the sandbox imports it.
 
     Raises:
-        ValueError: ``fn`` is a lambda, a closure or a method, which the sandbox cannot import.
+        ValueError: ``fn`` is a lambda, a closure, a method or outside metalib, which the
+            sandbox does not import.
     """
-    name, module = getattr(fn, "__qualname__", ""), getattr(fn, "__module__", "")
-    if not module or not name or "<" in name or "." in name or module == "__main__":
+    name = importable(fn)
+    if name is None:
         raise ValueError(
-            f"{fn!r}: build, observe and references must be module-level functions of an "
-            "importable module (the sandbox imports them by name); move it out of the function"
+            f"{fn!r}: build and observe must be module-level functions of a metalib module (the "
+            "sandbox imports them by name; metalib.grading.question.given passes plain data as "
+            "it is)"
         )
-    return f"{module}:{name}"
+    return name
 
 
 def resolve(name: str) -> Callable[..., Any]:
@@ -97,6 +107,11 @@ def resolve(name: str) -> Callable[..., Any]:
     if not (module == "metalib" or module.startswith("metalib.")):
         raise ValueError(f"the grader only runs metalib's own builders, not {name!r}")
     return getattr(importlib.import_module(module), attr)
+
+
+def given(**spec: Any) -> dict[str, Any]:
+    """The builder of questions whose arguments are plain data already: the spec, as it is."""
+    return spec
 
 
 def find_probe(name: str) -> Callable[..., Any]:
@@ -222,9 +237,12 @@ def probe_raises(fn: Callable[..., Any], build: str, bad: Spec, valid: Spec) -> 
 # ------------------------------------------------------------------------- comparing
 
 
-def tolerance(dtype: torch.dtype) -> dict[str, float]:
-    """``rtol``/``atol`` for ``dtype``: 1e-7/1e-9 in float64, 1e-4/1e-5 otherwise."""
-    return TOLERANCE.get(dtype, TOLERANCE[torch.float32])
+def tolerance(dtype: torch.dtype, scale: float = 1.0) -> dict[str, float]:
+    """``rtol``/``atol`` for ``dtype``: 1e-7/1e-9 in float64, 1e-4/1e-5 otherwise; ``atol``
+    grows with ``scale`` (the largest magnitude of the expected tensor) beyond 1, since rounding
+    errors of entries that should be 0 (a gradient that cancels) grow with the computation's."""
+    found = TOLERANCE.get(dtype, TOLERANCE[torch.float32])
+    return {"rtol": found["rtol"], "atol": found["atol"] * max(1.0, scale)}
 
 
 def show(t: torch.Tensor, limit: int = 4) -> str:
@@ -257,7 +275,8 @@ def difference(got: Any, want: Any, what: str = "the result", hints: Mapping = {
         if not want.is_floating_point():
             bad = got != want
         else:
-            bad = ~torch.isclose(got, want, **tolerance(want.dtype), equal_nan=True)
+            scale = float(want.abs().nan_to_num(0, 0, 0).max()) if want.numel() else 1.0
+            bad = ~torch.isclose(got, want, **tolerance(want.dtype, scale), equal_nan=True)
         if not bad.any():
             return None
         index = [int(i) for i in bad.nonzero()[0]]
@@ -287,7 +306,7 @@ def difference(got: Any, want: Any, what: str = "the result", hints: Mapping = {
             (
                 d
                 for i, (g, w) in enumerate(zip(got, want, strict=True))
-                if (d := difference(g, w, f"{what}[{i}]"))
+                if (d := difference(g, w, f"{what}[{i}]", hints))
             ),
             None,
         )
@@ -387,23 +406,28 @@ class Question:
 
     def judge(self, case: Case, output: Any) -> str | None:
         """``None`` when ``output`` (from :meth:`run` or the sandbox) is right, else a message."""
+        return self.diagnose(case, output)[0]
+
+    def diagnose(self, case: Case, output: Any) -> tuple[str | None, str | None]:
+        """``(message or None, the known mistake it matched or None)``: :meth:`judge`, and which
+        :class:`Mistake` a wrong answer is (for the class report)."""
         if case.probe == "raises":
-            return judge_raises(case, output)
+            return judge_raises(case, output), None
         spec = case.kwargs
         if self.pure and output["changed"]:
             names = " and ".join(output["changed"])
-            return f"{names} changed in place; leave the inputs as they are"
+            return f"{names} changed in place; leave the inputs as they are", "inputs changed"
         got = output["out"]
         want = self.expected(self.reference, spec) if self.reference is not None else None
         if self.check is not None:
-            return self.check(spec, got, want)
+            return self.check(spec, got, want), None
         hints = self.hints(spec) if self.hints else {}
         wrong = difference(got, want, self.what, hints)
         if wrong is None:
-            return None
+            return None, None
         rule = f" {self.rule}." if self.rule else ""
         for mistake in self.mistakes:
             if mistake.when is None or mistake.when(spec):
                 if difference(got, self.expected(mistake.fn, spec), self.what) is None:
-                    return f"{wrong}: {mistake.says}.{rule}"
-        return f"{wrong}.{rule}" if not rule else f"{wrong};{rule}"
+                    return f"{wrong}: {mistake.says}.{rule}", mistake.says
+        return f"{wrong}.{rule}", None

@@ -21,7 +21,12 @@ ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # object addresses differ from run t
 
 @dataclass(frozen=True)
 class QuestionScore:
-    """One question's result: the score and what went wrong, case by case."""
+    """One question's result: the score and what went wrong, for its visible and hidden cases.
+
+    ``passed``/``total`` count all cases; ``hidden_passed``/``hidden_total`` the hidden ones.
+    ``mistakes`` are the known mistakes its failed cases matched; ``unanswered`` whether it
+    still raised ``NotImplementedError``.
+    """
 
     name: str
     title: str
@@ -30,13 +35,58 @@ class QuestionScore:
     passed: int
     total: int
     messages: tuple[str, ...]
+    hidden_passed: int = 0
+    hidden_total: int = 0
+    hidden_messages: tuple[str, ...] = ()
+    mistakes: tuple[str, ...] = ()
+    unanswered: bool = False
 
-    def feedback(self) -> str:
-        lines = [f"{self.passed} of {self.total} checks passed."]
-        lines += [f"- {m}" for m in self.messages[:MESSAGES_SHOWN]]
-        if len(self.messages) > MESSAGES_SHOWN:
-            lines.append(f"- ... and {len(self.messages) - MESSAGES_SHOWN} more")
+    def feedback(self, hidden: bool | None = None) -> str:
+        """The lines a student reads: all cases, or only the visible or the hidden ones."""
+        if hidden is None:
+            passed, total = self.passed, self.total
+            messages = tuple(dict.fromkeys(self.messages + self.hidden_messages))
+        elif hidden:
+            passed, total, messages = self.hidden_passed, self.hidden_total, self.hidden_messages
+        else:
+            passed = self.passed - self.hidden_passed
+            total, messages = self.total - self.hidden_total, self.messages
+        lines = [f"{passed} of {total} {'hidden ' if hidden else ''}checks passed."]
+        lines += [f"- {m}" for m in messages[:MESSAGES_SHOWN]]
+        if len(messages) > MESSAGES_SHOWN:
+            lines.append(f"- ... and {len(messages) - MESSAGES_SHOWN} more")
         return "\n".join(lines)
+
+    def tests(self, visibility: str = "after_due_date") -> list[dict[str, Any]]:
+        """Gradescope tests: one for the visible cases, one for the hidden ones (if any), whose
+        ``visibility`` is ``after_due_date`` by default. Their scores add up to :attr:`score`."""
+        name = f"{self.name}: {self.title}" if self.title else self.name
+        share = (self.total - self.hidden_total) / self.total if self.total else 1.0
+        seen_max = round(self.max_score * share, 4)
+        seen = round(self.max_score * (self.passed - self.hidden_passed) / self.total, 4)
+        parts = [(name, seen, seen_max, False, "visible")]
+        if self.hidden_total:
+            parts.append(
+                (
+                    f"{name} (hidden checks)",
+                    round(self.score - seen, 4),
+                    round(self.max_score - seen_max, 4),
+                    True,
+                    visibility,
+                )
+            )
+        return [
+            {
+                "name": label,
+                "score": score,
+                "max_score": top,
+                "status": "passed" if score >= top else "failed",
+                "output": self.feedback(hidden),
+                "output_format": "text",
+                "visibility": shown,
+            }
+            for label, score, top, hidden, shown in parts
+        ]
 
 
 @dataclass(frozen=True)
@@ -59,24 +109,24 @@ class Grade:
     def max_score(self) -> float:
         return round(sum(q.max_score for q in self.questions), 4)
 
-    def results(self) -> dict[str, Any]:
-        """Gradescope's ``results.json`` content."""
-        tests = [
-            {
-                "name": f"{q.name}: {q.title}" if q.title else q.name,
+    def results(self, hidden_visibility: str = "after_due_date") -> dict[str, Any]:
+        """Gradescope's ``results.json`` content; ``extra_data`` feeds the class report."""
+        questions = {
+            q.name: {
                 "score": q.score,
                 "max_score": q.max_score,
-                "output": q.feedback(),
-                "visibility": "visible",
+                "mistakes": list(q.mistakes),
+                "unanswered": q.unanswered,
             }
             for q in self.questions
-        ]
+        }
         return {
             "score": self.score,
             "max_score": self.max_score,
             "output": "\n".join(self.notes),
-            "tests": tests,
+            "tests": [t for q in self.questions for t in q.tests(hidden_visibility)],
             "execution_time": round(self.seconds, 2),
+            "extra_data": {"exercise": self.exercise, "questions": questions},
         }
 
     def summary(self) -> str:
@@ -98,6 +148,24 @@ def message(label: str, hidden: bool, text: str) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
+def collapsed(failures: list[tuple[str, bool, str]]) -> list[str]:
+    """One line per distinct explanation: ``[(label, hidden, text)]`` sharing a ``text`` become
+    ``"text (in 3 checks: label 1; label 2; label 3)"``, in the order they first failed."""
+    groups: dict[str, list[str]] = {}
+    for label, hidden, text in failures:
+        groups.setdefault(text, []).append(f"{label}{' (hidden check)' if hidden else ''}")
+    lines = []
+    for text, labels in groups.items():
+        if len(labels) == 1:
+            lines.append(message(labels[0], False, text))
+            continue
+        where = f" (in {len(labels)} checks: {'; '.join(labels)})"
+        body = ADDRESS.sub("0x...", text)[: MESSAGE_CHARS - 60]
+        line = body + where
+        lines.append(line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 4] + "...)")
+    return lines
+
+
 def score_question(
     question: Question, answers: dict[int, tuple[str, Any]], why: str, hidden_details: bool = True
 ) -> QuestionScore:
@@ -109,56 +177,86 @@ def score_question(
         hidden_details: each failed hidden case's label and message, or only how many failed.
     """
     todo = cases(question)
-    passed, messages, not_run, hidden_failed, skipped = 0, [], 0, 0, {}
+    passed, mistakes = [0, 0], []
+    failures: dict[bool, list[tuple[str, bool, str]]] = {False: [], True: []}
+    not_run, hidden_failed, skipped = {False: 0, True: 0}, 0, {}
     for index, (case, hidden) in enumerate(todo):
         if index not in answers:
-            not_run += 1
+            not_run[hidden] += 1
             continue
         status, value = answers[index]
         if status == "skipped":  # after a timeout; said once for all of them
-            skipped[str(value)] = skipped.get(str(value), 0) + 1
+            skipped.setdefault(str(value), [0, 0])[hidden] += 1
             continue
         if status == "unanswered":
             hint = f" ({value})" if value else ""
-            return zero(question, len(todo), f"not answered yet{hint}")
+            return zero(question, len(todo), f"not answered yet{hint}", unanswered=True)
         if status == "missing":
             return zero(question, len(todo), str(value))
+        mistake = None
         if status == "ok":
             try:
-                problem = question.judge(case, value)
+                problem, mistake = question.diagnose(case, value)
             except Exception as err:  # a malformed output the judge choked on
                 problem = f"the output could not be checked ({type(err).__name__}: {err})"
         else:
             problem = f"raised {value}" if status == "error" else str(value)
         if problem is None:
-            passed += 1
-        elif hidden and not hidden_details:
+            passed[hidden] += 1
+            continue
+        if mistake is not None:
+            mistakes.append(mistake)
+        if hidden and not hidden_details:
             hidden_failed += 1
         else:
-            messages.append(message(case.label, hidden, str(problem)))
+            failures[hidden].append((case.label, hidden, ADDRESS.sub("0x...", str(problem))))
+    texts = {hidden: collapsed(failures[hidden]) for hidden in (False, True)}
     if hidden_failed:
-        messages.append(f"{hidden_failed} hidden check{'s' * (hidden_failed > 1)} failed")
-    for reason, count in skipped.items():
-        messages.append(f"{count} more check{'s' * (count > 1)} not run: {reason[:MESSAGE_CHARS]}")
-    if not_run:
-        messages.append(f"{not_run} check{'s' * (not_run > 1)} not run: {why}")
-    points = round(question.points * passed / len(todo), 4)
+        texts[True].append(f"{hidden_failed} hidden check{'s' * (hidden_failed > 1)} failed")
+    for reason, counts in skipped.items():
+        for hidden in (False, True):
+            if counts[hidden]:
+                n = counts[hidden]
+                texts[hidden].append(
+                    f"{n} more check{'s' * (n > 1)} not run: {reason[:MESSAGE_CHARS]}"
+                )
+    for hidden in (False, True):
+        if not_run[hidden]:
+            n = not_run[hidden]
+            texts[hidden].append(f"{n} check{'s' * (n > 1)} not run: {why}")
+    n_hidden = sum(hidden for _, hidden in todo)
+    points = round(question.points * sum(passed) / len(todo), 4)
     return QuestionScore(
         question.name,
         question.title,
         points,
         float(question.points),
-        passed,
+        sum(passed),
         len(todo),
-        tuple(messages),
+        tuple(texts[False]),
+        passed[True],
+        n_hidden,
+        tuple(texts[True]),
+        tuple(dict.fromkeys(mistakes)),
     )
 
 
-def zero(question: Question, total: int, text: str) -> QuestionScore:
+def zero(question: Question, total: int, text: str, unanswered: bool = False) -> QuestionScore:
     """``question`` scored 0 of ``total`` checks, for the one reason ``text``."""
     text = ADDRESS.sub("0x...", text)[:MESSAGE_CHARS]
+    hidden = len(question.hidden)
     return QuestionScore(
-        question.name, question.title, 0.0, float(question.points), 0, total, (text,)
+        question.name,
+        question.title,
+        0.0,
+        float(question.points),
+        0,
+        total,
+        (text,),
+        0,
+        hidden,
+        (text,) if hidden else (),
+        unanswered=unanswered,
     )
 
 

@@ -79,6 +79,10 @@ class Question:
 
         return find_probe(case.probe)(fn, **copy.deepcopy(case.kwargs))
 
+    def diagnose(self, case: Case, output: Any) -> tuple[str | None, str | None]:
+        """``(message or None, None)``: old-style judges name no known mistakes."""
+        return self.judge(case, output), None
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -98,14 +102,15 @@ class Exercise:
         A later question that calls an earlier one's function gets the reference instead of the
         student's own, so that each question is graded on its own.
         """
-        from metalib.grading.question import qualified
+        from metalib.grading.question import importable
 
         found = {}
         for q in self.questions:
             if q.name == name:
                 return found
-            if getattr(q, "reference", None) is not None:
-                found[q.function] = qualified(q.reference)
+            where = importable(getattr(q, "reference", None))
+            if where is not None:  # what the sandbox can import
+                found[q.function] = where
         raise ValueError(f"exercise {self.name} has no question {name!r}")
 
     def request(self, hidden: bool = True) -> list[dict[str, Any]]:
