@@ -9,6 +9,7 @@ import torch
 
 from conftest import (
     exercise,
+    right_answer_passes,
     solution,
     wrong_answer_fails,
 )
@@ -140,6 +141,41 @@ def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
 
 def test_every_question_has_a_wrong_answer():
     assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
+
+
+def _episode_by_keys(data, n_way, k_shot, q_queries, generator):
+    """Another right make_episode: argsort of uniform keys, labels shuffled with their images."""
+    if k_shot + q_queries > data.per_class or n_way > data.n_classes:
+        raise ValueError("impossible episode")
+    classes = torch.randperm(data.n_classes, generator=generator)[:n_way]
+    keys = torch.rand(n_way, data.per_class, generator=generator).argsort(dim=1)
+    out = {}
+    for part, cut in (("support", slice(0, k_shot)), ("query", slice(k_shot, k_shot + q_queries))):
+        m = keys[:, cut]
+        y = torch.arange(n_way)[:, None].expand_as(m).flatten()
+        order = torch.randperm(len(y), generator=generator)
+        y, m = y[order], m.flatten()[order]
+        out[f"{part}_x"], out[f"{part}_y"] = data.get(classes[y], m), y
+    return {**out, "classes": classes}
+
+
+def _relabel_by_dict(sample_classes, episode_classes):
+    """Another right relabel: a dict lookup, int32 labels."""
+    where = {int(c): j for j, c in enumerate(episode_classes)}
+    if any(int(c) not in where for c in sample_classes):
+        raise ValueError("a class is not in the episode")
+    return torch.tensor([where[int(c)] for c in sample_classes], dtype=torch.int32)
+
+
+OTHER = {
+    "episode by sorted keys": ("q4", _episode_by_keys),
+    "relabel by a dict": ("q3", _relabel_by_dict),
+}
+
+
+@pytest.mark.parametrize(("variant", "qname", "fn"), [(k, *v) for k, v in OTHER.items()], ids=str)
+def test_another_right_answer_passes(variant, qname, fn):
+    right_answer_passes(NAME, qname, fn)
 
 
 def test_a_raised_error_is_feedback_not_a_crash():

@@ -13,6 +13,7 @@ from torch import nn
 from conftest import (
     exercise,
     hidden_cases,
+    right_answer_passes,
     solution,
     wrong_answer_fails,
 )
@@ -134,6 +135,42 @@ def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
 
 def test_every_question_has_a_wrong_answer():
     assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
+
+
+def _head_bias_first(model, n_way, generator):
+    """Another right new_head: the bias drawn before the weights, by hand."""
+    net, d = copy.deepcopy(model), model.feature_dim
+    bound, dtype = 1 / math.sqrt(d), model.head.weight.dtype
+    bias = (2 * torch.rand(n_way, generator=generator, dtype=dtype) - 1) * bound
+    weight = (2 * torch.rand(n_way, d, generator=generator, dtype=dtype) - 1) * bound
+    net.head = nn.Linear(d, n_way, dtype=dtype)
+    with torch.no_grad():
+        net.head.weight.copy_(weight)
+        net.head.bias.copy_(bias)
+    return net
+
+
+def _step_by_backward(model, x, y, lr):
+    """Another right sgd_step: backward() with the gradients cleared, the loss a 0-d tensor."""
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+                p.grad = None
+    return loss.detach()
+
+
+OTHER = {
+    "the bias drawn first": ("q2", _head_bias_first),
+    "backward() and a 0-d loss": ("q3", _step_by_backward),
+}
+
+
+@pytest.mark.parametrize(("variant", "qname", "fn"), [(k, *v) for k, v in OTHER.items()], ids=str)
+def test_another_right_answer_passes(variant, qname, fn):
+    right_answer_passes(NAME, qname, fn)
 
 
 def test_a_float32_head_on_a_float64_model_fails_a_hidden_case():

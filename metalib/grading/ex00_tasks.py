@@ -1,28 +1,110 @@
 """Exercise 00_tasks: sampling N-way K-shot episodes (chapter 0, "Tasks").
 
-The questions fix *what* a sampler must guarantee, not how it draws, so the judges check
-properties rather than equality with :mod:`metalib.tasks`: valid and distinct indices, disjoint
-support and query sets, labels consistent with the classes, every label K (or Q) times, the
-same output for the same generator seed whatever the global random state, and — over many
-draws from one generator — every class and image possible in every position (the chance that a
-correct sampler misses one is below 1e-6 in every case where that is checked).
+What the questions check. They fix *what* a sampler must guarantee, not how it draws, so the
+samplers (q1 ``sample_classes``, q2 ``sample_support_query``, q4 ``make_episode``) are judged by
+their properties (each question's ``check``), never by equality with a reference: valid and
+distinct indices, disjoint support and query sets, labels consistent with the classes, every
+label K (or Q) times, the same output for the same generator seed whatever the global random
+state, and — over many draws from one generator — every class and image possible in every
+position (checked only where a correct sampler misses one with a chance below 1e-6). q3
+``relabel`` is deterministic: its labels are compared with the reference's exactly, and the
+first wrong one is explained. Impossible sizes must raise ``ValueError``.
+
+How cases are built. A spec is plain data: sizes, a seed, the number of draws, and for q4 the
+spec of a synthetic split (:func:`metalib.grading.builders.tiny_image_classes`, whose pixels
+``(0, 0)`` and ``(0, 1)`` tell each image's class and index, so the judge knows which image it
+got). :func:`draws` calls the sampler twice with generators seeded alike (torch's global
+generator reseeded differently before each), then ``draws`` times from one generator.
+
+Tolerances: none; indices, labels and images are compared exactly.
+
+References (what a later question calls instead of the student's earlier answers): samplers drawn
+the way :func:`metalib.tasks.sample_indices` draws (argsort of uniform keys), and
+:func:`metalib.tasks.sample_episodes` for a whole episode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from metalib import tasks
 from metalib.grading import feedback
-from metalib.grading.probes import tiny_image_classes
-from metalib.grading.spec import Case, Exercise, Question
+from metalib.grading.builders import generator, tiny_image_classes
+from metalib.grading.question import Question, case, plain, raises
+from metalib.grading.spec import Case, Exercise
 
 # A coverage check ("every class appears at every position") is made only when a correct
 # sampler fails it with probability below this.
 _MISS = 1e-6
 KEYS = ("support_x", "support_y", "query_x", "query_y", "classes")
+Spec = dict[str, Any]
+
+
+# ------------------------------------------------------------------------- builders, observing
+
+
+def classes_inputs(n_classes: int, n_way: int, seed: int, draws: int = 0) -> dict[str, Any]:
+    """The arguments of ``sample_classes(n_classes, n_way, generator)``."""
+    return {"n_classes": n_classes, "n_way": n_way, "generator": generator(seed)}
+
+
+def support_query_inputs(
+    per_class: int, k_shot: int, q_queries: int, seed: int, draws: int = 0
+) -> dict[str, Any]:
+    """The arguments of ``sample_support_query(per_class, k_shot, q_queries, generator)``."""
+    return {
+        "per_class": per_class,
+        "k_shot": k_shot,
+        "q_queries": q_queries,
+        "generator": generator(seed),
+    }
+
+
+def relabel_inputs(sample_classes: list[int], episode_classes: list[int]) -> dict[str, Any]:
+    """The arguments of ``relabel(sample_classes, episode_classes)``: long tensors."""
+    return {
+        "sample_classes": torch.tensor(sample_classes),
+        "episode_classes": torch.tensor(episode_classes),
+    }
+
+
+def episode_inputs(
+    data: dict[str, int], n_way: int, k_shot: int, q_queries: int, seed: int, draws: int = 0
+) -> dict[str, Any]:
+    """The arguments of ``make_episode(data, n_way, k_shot, q_queries, generator)``."""
+    return {
+        "data": tiny_image_classes(**data),
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "q_queries": q_queries,
+        "generator": generator(seed),
+    }
+
+
+def draws(fn: Callable[..., Any], args: Mapping[str, Any], spec: Spec) -> dict[str, Any]:
+    """``fn(*args)`` twice with a generator seeded ``spec["seed"]``, then ``spec["draws"]`` times
+    from one generator seeded ``seed + 1`` (the generator is the last argument).
+
+    torch's global generator is reseeded differently before each of the first two calls, so a
+    sampler that draws from it gives two different results; it is restored after, so a check in
+    a notebook leaves the student's random state as it was.
+    """
+    *rest, _ = args.values()
+    seed = spec["seed"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(10_000 + seed)
+        first = plain(fn(*rest, generator(seed)))
+        torch.manual_seed(20_000 + seed)
+        again = plain(fn(*rest, generator(seed)))
+        g = generator(seed + 1)
+        many = [plain(fn(*rest, g)) for _ in range(spec["draws"])]
+    return {"first": first, "again": again, "many": many}
+
+
+# ------------------------------------------------------------------------- shared properties
 
 
 def _show(t: torch.Tensor, limit: int = 12) -> str:
@@ -52,21 +134,6 @@ def _range_and_distinct(t: torch.Tensor, what: str, upper: int) -> str | None:
     return None
 
 
-def judge_raises(case: Case, out: Any) -> str | None:
-    """A case of input the function must refuse with a ``ValueError`` (after a valid one)."""
-    if "valid_error" in out:
-        valid = ", ".join(_describe(a) for a in case.kwargs["valid"])
-        return f"on valid input ({valid}) it raised {out['valid_error']}"[:400]
-    if out["error"] is None:
-        return "expected a ValueError (this input is impossible), but the function returned"
-    if out["error"] != "ValueError":
-        return (
-            f"expected a ValueError, got {out['error']}: {out['message']}; check the input "
-            "first and raise ValueError with a message that says what to change"
-        )
-    return None
-
-
 def _reproducible(first: Any, again: Any, equal: Callable[[Any, Any], bool]) -> str | None:
     if not equal(first, again):
         return (
@@ -90,32 +157,47 @@ def _coverage(
     return None
 
 
-# ---------------------------------------------------------------------------------- q1
-
-
-def judge_sample_classes(case: Case, out: Any) -> str | None:
-    """``sample_classes(n_classes, n_way, generator) -> (n_way,)`` distinct, in random order."""
-    if case.probe == "raises":
-        return judge_raises(case, out)
-    n_classes, n_way = case.kwargs["n_classes"], case.kwargs["n_way"]
-    draws = [out["first"], out["again"], *out["many"]]
-    rows = []
-    for i, value in enumerate(draws):
-        t, problem = _indices(value, "the result", n_way)
-        problem = problem or _range_and_distinct(t, "the classes", n_classes)
+def _each_draw(
+    got: dict[str, Any], read: Callable[[Any], tuple[Any, str | None]], name: str = "draw"
+) -> Any:
+    """``read`` every draw (first, again, many...): ``(values, None)`` or ``(None, message)``."""
+    values = []
+    for i, value in enumerate([got["first"], got["again"], *got["many"]]):
+        read_value, problem = read(value)
         if problem:
-            return problem if i == 0 else f"draw {i + 1}: {problem}"
-        rows.append(t)
-    problem = _reproducible(rows[0], rows[1], torch.equal)
+            return None, problem if i == 0 else f"{name} {i + 1}: {problem}"
+        values.append(read_value)
+    return values, None
+
+
+# ------------------------------------------------------------------------- q1
+
+
+def reference_sample_classes(
+    n_classes: int, n_way: int, generator: torch.Generator
+) -> torch.Tensor:
+    """N distinct classes in random order, drawn like :func:`metalib.tasks.sample_indices`."""
+    if n_way > n_classes:
+        raise ValueError(f"cannot draw {n_way} distinct classes from {n_classes}")
+    return torch.rand(n_classes, generator=generator).argsort()[:n_way]
+
+
+def check_sample_classes(spec: Spec, got: dict[str, Any], want: Any) -> str | None:
+    """Distinct classes in 0..C-1, reproducible, uniform, every class possible at every position."""
+    n_classes, n_way = spec["n_classes"], spec["n_way"]
+
+    def read(value: Any) -> tuple[Any, str | None]:
+        t, problem = _indices(value, "the result", n_way)
+        return t, problem or _range_and_distinct(t, "the classes", n_classes)
+
+    rows, problem = _each_draw(got, read)
+    problem = problem or _reproducible(rows[0], rows[1], torch.equal)
     if problem:
         return problem
     many = torch.stack(rows[2:])  # (draws, n_way)
-    d = len(many)
-    p = n_way / n_classes
-    problem = _coverage(
-        many.flatten(), n_classes, d, p, "the classes", "every class must be possible"
-    )
-    if problem:
+    d, p = len(many), n_way / n_classes
+    fix = "every class must be possible"
+    if problem := _coverage(many.flatten(), n_classes, d, p, "the classes", fix):
         return problem
     counts = torch.bincount(many.flatten(), minlength=n_classes).double()
     if d * p >= 50 and (counts / (d * p) - 1).abs().max() > 0.5:
@@ -123,70 +205,120 @@ def judge_sample_classes(case: Case, out: Any) -> str | None:
             f"in {d} draws the classes were picked {counts.long().tolist()} times; a uniform "
             f"sampler picks each about {d * p:.0f} times"
         )
+    fix = (
+        "the classes must come in random order (label j stands for the j-th class drawn), "
+        "not sorted"
+    )
     for j in range(n_way):
-        fix = (
-            "the classes must come in random order (label j stands for the j-th class drawn), "
-            "not sorted"
-        )
-        problem = _coverage(many[:, j], n_classes, d, 1 / n_classes, f"position {j}", fix)
-        if problem:
+        if problem := _coverage(many[:, j], n_classes, d, 1 / n_classes, f"position {j}", fix):
             return problem
     return None
 
 
-# ---------------------------------------------------------------------------------- q2
+def sample_classes_case(n_classes: int, n_way: int, seed: int, draws: int) -> Case:
+    label = f"{n_way}-way from {n_classes} classes, seed {seed}"
+    return case(label, n_classes=n_classes, n_way=n_way, seed=seed, draws=draws)
 
 
-def judge_sample_support_query(case: Case, out: Any) -> str | None:
-    """``sample_support_query(per_class, k_shot, q_queries, generator) -> (support, query)``."""
-    if case.probe == "raises":
-        return judge_raises(case, out)
-    m, k, q = case.kwargs["per_class"], case.kwargs["k_shot"], case.kwargs["q_queries"]
-    draws = [out["first"], out["again"], *out["many"]]
-    pairs = []
-    for i, value in enumerate(draws):
-        where = "" if i == 0 else f"draw {i + 1}: "
+def classes_raises(n_classes: int, n_way: int, valid_way: int, seed: int) -> Case:
+    label = f"{n_way}-way from {n_classes} classes (impossible)"
+    bad = {"n_classes": n_classes, "n_way": n_way, "seed": seed}
+    return raises(label, bad, {**bad, "n_way": valid_way})
+
+
+Q1 = Question(
+    "q1",
+    "sample_classes",
+    2,
+    classes_inputs,
+    title="N distinct classes in random order",
+    reference=reference_sample_classes,
+    observe=draws,
+    check=check_sample_classes,
+    visible=(
+        sample_classes_case(10, 3, seed=0, draws=300),
+        sample_classes_case(5, 5, seed=1, draws=200),
+        classes_raises(5, 6, valid_way=5, seed=0),
+    ),
+)
+
+
+# ------------------------------------------------------------------------- q2
+
+
+def reference_sample_support_query(
+    per_class: int, k_shot: int, q_queries: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K + Q distinct images of a class, drawn like :func:`metalib.tasks.sample_indices`."""
+    if k_shot + q_queries > per_class:
+        raise ValueError(f"{k_shot} shots + {q_queries} queries from {per_class} images")
+    order = torch.rand(per_class, generator=generator).argsort()
+    return order[:k_shot], order[k_shot : k_shot + q_queries]
+
+
+def check_sample_support_query(spec: Spec, got: dict[str, Any], want: Any) -> str | None:
+    """Disjoint (K,) and (Q,) indices in 0..M-1, reproducible, every image possible in each."""
+    m, k, q = spec["per_class"], spec["k_shot"], spec["q_queries"]
+
+    def read(value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, (tuple, list)) or len(value) != 2:
-            return f"{where}should return a pair (support, query), got {type(value).__name__}"
+            return None, f"should return a pair (support, query), got {type(value).__name__}"
         s, problem = _indices(value[0], "support", k)
+        qq, problem = (None, problem) if problem else _indices(value[1], "query", q)
         if problem:
-            return where + problem
-        qq, problem = _indices(value[1], "query", q)
-        if problem:
-            return where + problem
-        both = torch.cat([s, qq])
-        problem = _range_and_distinct(both, "support + query", m)
-        if problem:
-            overlap = sorted(set(s.tolist()) & set(qq.tolist()))
-            if overlap:
+            return None, problem
+        if problem := _range_and_distinct(torch.cat([s, qq]), "support + query", m):
+            if overlap := sorted(set(s.tolist()) & set(qq.tolist())):
                 problem = (
                     f"support {_show(s)} and query {_show(qq)} share images {overlap}; no image "
                     "may be in both (take K + Q distinct images, then split them)"
                 )
-            return where + problem
-        pairs.append((s, qq))
-    problem = _reproducible(
-        pairs[0], pairs[1], lambda a, b: torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    )
-    if problem:
+        return (s, qq), problem
+
+    pairs, problem = _each_draw(got, read)
+    same = lambda a, b: torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # noqa: E731
+    if problem := problem or _reproducible(pairs[0], pairs[1], same):
         return problem
-    many = pairs[2:]
-    d = len(many)
-    fix = "every image must be possible in the support set and in the query set"
-    for name, seen, p in (
-        ("the support set", torch.cat([s for s, _ in many]), k / m),
-        ("the query set", torch.cat([qq for _, qq in many]), q / m),
-    ):
-        problem = _coverage(seen, m, d, p, name, fix)
-        if problem:
+    many, fix = pairs[2:], "every image must be possible in the support set and in the query set"
+    for i, (name, p) in enumerate((("the support set", k / m), ("the query set", q / m))):
+        seen = torch.cat([pair[i] for pair in many])
+        if problem := _coverage(seen, m, len(many), p, name, fix):
             return problem
     return None
 
 
-# ---------------------------------------------------------------------------------- q3
+def support_query_case(per_class: int, k: int, q: int, seed: int, draws: int) -> Case:
+    label = f"{k}-shot, {q} queries from {per_class} images, seed {seed}"
+    return case(label, per_class=per_class, k_shot=k, q_queries=q, seed=seed, draws=draws)
 
 
-def relabel_reference(sample_classes: torch.Tensor, episode_classes: torch.Tensor) -> torch.Tensor:
+def support_query_raises(per_class: int, k: int, q: int, valid_q: int, seed: int) -> Case:
+    label = f"{k} shots + {q} queries from {per_class} images (impossible)"
+    bad = {"per_class": per_class, "k_shot": k, "q_queries": q, "seed": seed}
+    return raises(label, bad, {**bad, "q_queries": valid_q})
+
+
+Q2 = Question(
+    "q2",
+    "sample_support_query",
+    2,
+    support_query_inputs,
+    title="disjoint support and query images of one class",
+    reference=reference_sample_support_query,
+    observe=draws,
+    check=check_sample_support_query,
+    visible=(
+        support_query_case(6, 2, 3, seed=0, draws=200),
+        support_query_case(5, 1, 4, seed=1, draws=200),
+        support_query_raises(4, 3, 2, valid_q=1, seed=0),
+    ),
+)
+
+
+# ------------------------------------------------------------------------- q3
+
+
+def reference_relabel(sample_classes: torch.Tensor, episode_classes: torch.Tensor) -> torch.Tensor:
     """Label ``j`` for every sample whose class is ``episode_classes[j]``."""
     match = sample_classes[:, None] == episode_classes[None, :]  # (S, N)
     if not match.any(dim=1).all():
@@ -194,28 +326,61 @@ def relabel_reference(sample_classes: torch.Tensor, episode_classes: torch.Tenso
     return match.long().argmax(dim=1)
 
 
-def judge_relabel(case: Case, out: Any) -> str | None:
-    """``relabel(sample_classes (S,), episode_classes (N,)) -> (S,)`` labels in 0..N-1."""
-    if case.probe == "raises":
-        return judge_raises(case, out)
-    sample_classes = case.kwargs["sample_classes"]
-    episode_classes = case.kwargs["episode_classes"]
-    labels, problem = _indices(out, "the labels", len(sample_classes))
+def check_relabel(spec: Spec, got: Any, want: torch.Tensor) -> str | None:
+    """The reference's labels exactly (any integer dtype); the first wrong one explained."""
+    labels, problem = _indices(got, "the labels", len(want))
     if problem:
         return problem
-    expected = relabel_reference(sample_classes, episode_classes)
-    wrong = (labels != expected).nonzero().flatten()
-    if len(wrong):
-        i = int(wrong[0])
-        c, j = int(sample_classes[i]), int(expected[i])
-        return (
-            f"expected labels {_show(expected)}, got {_show(labels)}: sample {i} is of class {c}, "
-            f"which is episode_classes[{j}], so its label is {j}, not {int(labels[i])}"
-        )
-    return None
+    wrong = (labels != want).nonzero().flatten()
+    if not len(wrong):
+        return None
+    i = int(wrong[0])
+    c, j = spec["sample_classes"][i], int(want[i])
+    return (
+        f"expected labels {_show(want)}, got {_show(labels)}: sample {i} is of class {c}, "
+        f"which is episode_classes[{j}], so its label is {j}, not {int(labels[i])}"
+    )
 
 
-# ---------------------------------------------------------------------------------- q4
+def relabel_case(sample_classes: list[int], episode_classes: list[int]) -> Case:
+    label = f"sample_classes={sample_classes}, episode_classes={episode_classes}"
+    return case(label, sample_classes=sample_classes, episode_classes=episode_classes)
+
+
+def relabel_raises(label: str, bad: list[int], valid: list[int], episode: list[int]) -> Case:
+    """``bad`` samples have a class outside ``episode``; ``valid`` ones do not."""
+    return raises(
+        label,
+        {"sample_classes": bad, "episode_classes": episode},
+        {"sample_classes": valid, "episode_classes": episode},
+    )
+
+
+Q3 = Question(
+    "q3",
+    "relabel",
+    2,
+    relabel_inputs,
+    title="labels 0..N-1 from classes",
+    reference=reference_relabel,
+    check=check_relabel,
+    visible=(
+        relabel_case([7, 2, 7, 9], [9, 7, 2]),
+        relabel_case([4, 0, 11, 0, 4, 11], [0, 11, 4]),
+        relabel_raises("class 3 is not in the episode", [5, 3], [5, 4], [5, 4]),
+    ),
+)
+
+
+# ------------------------------------------------------------------------- q4
+
+
+def reference_make_episode(
+    data: Any, n_way: int, k_shot: int, q_queries: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """One task of :func:`metalib.tasks.sample_episodes`, as the dict the question asks for."""
+    episode = tasks.sample_episodes(data, n_way, k_shot, q_queries, 1, generator)
+    return {key: getattr(episode, key)[0] for key in KEYS}
 
 
 def _episode_problem(
@@ -224,18 +389,15 @@ def _episode_problem(
     """Check one episode; return it as tensors, or a message saying what is wrong."""
     if not isinstance(ep, dict):
         return None, f"should return a dict with keys {', '.join(KEYS)}, got {type(ep).__name__}"
-    missing = [key for key in KEYS if key not in ep]
-    if missing:
+    if missing := [key for key in KEYS if key not in ep]:
         return None, f"the dict has no {', '.join(missing)} (it needs {', '.join(KEYS)})"
-    size = data.image_size
     classes, problem = _indices(ep["classes"], "classes", n_way)
-    problem = problem or _range_and_distinct(classes, "classes", data.n_classes)
-    if problem:
+    if problem := problem or _range_and_distinct(classes, "classes", data.n_classes):
         return None, problem
     taken: dict[tuple[int, int], str] = {}
     for part, per in (("support", k), ("query", q)):
         x, y = ep[f"{part}_x"], ep[f"{part}_y"]
-        shape = (n_way * per, 1, size, size)
+        shape = (n_way * per, 1, data.image_size, data.image_size)
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             return (
@@ -265,8 +427,7 @@ def _episode_problem(
             x, data.get(c.clamp(0, data.n_classes - 1), m.clamp(0, data.per_class - 1))
         ):
             return None, f"{part}_x holds images that are not the split's; take them with data.get"
-        for i in range(len(y)):
-            label = int(y[i])
+        for i, label in enumerate(y.tolist()):
             if int(c[i]) != int(classes[label]):
                 return None, (
                     f"{part} image {i} is of class {int(c[i])} but has label {label}, which "
@@ -283,205 +444,98 @@ def _episode_problem(
     return {**ep, "classes": classes}, None
 
 
-def judge_make_episode(case: Case, out: Any) -> str | None:
-    """``make_episode(data, n_way, k_shot, q_queries, generator) -> dict`` of one episode."""
-    if case.probe == "raises":
-        return judge_raises(case, out)
-    kw = case.kwargs
-    data = tiny_image_classes(**kw["data"])
-    n_way, k, q = kw["n_way"], kw["k_shot"], kw["q_queries"]
-    episodes = []
-    for i, value in enumerate([out["first"], out["again"], *out["many"]]):
-        ep, problem = _episode_problem(value, data, n_way, k, q)
-        if problem:
-            return problem if i == 0 else f"episode {i + 1}: {problem}"
-        episodes.append(ep)
+def _episode_coverage(spec: Spec, data: Any, many: list[dict[str, torch.Tensor]]) -> str | None:
+    """Every class at every label, every label at every position, every image in either set."""
+    n_way, d, n_classes = spec["n_way"], len(many), data.n_classes
+    classes = torch.stack([ep["classes"] for ep in many])  # (d, N)
+    fix = "every class of the split must be possible"
+    checks = [(classes.flatten(), n_classes, n_way / n_classes, "the classes", fix)]
+    fix = "label j must stand for a random class (not the smallest, not always the same)"
+    checks += [
+        (classes[:, j], n_classes, 1 / n_classes, f"classes[{j}]", fix) for j in range(n_way)
+    ]
+    for part, per in (("support", spec["k_shot"]), ("query", spec["q_queries"])):
+        ys = torch.stack([ep[f"{part}_y"] for ep in many])  # (d, N*per)
+        fix = f"shuffle the {part} set so that no position tells the label"
+        checks += [
+            (ys[:, pos], n_way, 1 / n_way, f"position {pos} of {part}_y", fix)
+            for pos in range(n_way * per)
+        ]
+        images = torch.cat([(ep[f"{part}_x"][:, 0, 0, 1] * 255).round().long() for ep in many])
+        fix = "every image of a class must be possible in either set"
+        checks.append(
+            (images, data.per_class, per / data.per_class, f"the {part} set's images", fix)
+        )
+    return next(
+        (
+            p
+            for seen, upper, each, what, fix in checks
+            if (p := _coverage(seen, upper, d, each, what, fix))
+        ),
+        None,
+    )
+
+
+def check_make_episode(spec: Spec, got: dict[str, Any], want: Any) -> str | None:
+    """Each episode valid (:func:`_episode_problem`), reproducible, and random where it must be."""
+    data = tiny_image_classes(**spec["data"])
+    n_way, k, q = spec["n_way"], spec["k_shot"], spec["q_queries"]
+    read = lambda ep: _episode_problem(ep, data, n_way, k, q)  # noqa: E731
+    episodes, problem = _each_draw(got, read, "episode")
+    if problem:
+        return problem
 
     def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])) for key in KEYS)
 
-    problem = _reproducible(episodes[0], episodes[1], same)
-    if problem:
-        return problem
-    many = episodes[2:]
-    d = len(many)
-    classes = torch.stack([ep["classes"] for ep in many])  # (d, N)
-    problem = _coverage(
-        classes.flatten(),
-        data.n_classes,
-        d,
-        n_way / data.n_classes,
-        "the classes",
-        "every class of the split must be possible",
+    return _reproducible(episodes[0], episodes[1], same) or _episode_coverage(
+        spec, data, episodes[2:]
     )
-    if problem:
-        return problem
-    for j in range(n_way):
-        problem = _coverage(
-            classes[:, j],
-            data.n_classes,
-            d,
-            1 / data.n_classes,
-            f"classes[{j}]",
-            "label j must stand for a random class (not the smallest, not always the same)",
-        )
-        if problem:
-            return problem
-    for part, per in (("support", k), ("query", q)):
-        ys = torch.stack([ep[f"{part}_y"] for ep in many])  # (d, N*per)
-        for pos in range(n_way * per):
-            problem = _coverage(
-                ys[:, pos],
-                n_way,
-                d,
-                1 / n_way,
-                f"position {pos} of {part}_y",
-                f"shuffle the {part} set so that no position tells the label",
-            )
-            if problem:
-                return problem
-        images = torch.cat([(ep[f"{part}_x"][:, 0, 0, 1] * 255).round().long() for ep in many])
-        problem = _coverage(
-            images,
-            data.per_class,
-            d,
-            per / data.per_class,
-            f"the {part} set's images",
-            "every image of a class must be possible in either set",
-        )
-        if problem:
-            return problem
-    return None
 
 
-def _split(n_classes: int, per_class: int, size: int = 8, seed: int = 0) -> dict[str, int]:
+def split(n_classes: int, per_class: int, size: int = 8, seed: int = 0) -> dict[str, int]:
     return {"n_classes": n_classes, "per_class": per_class, "size": size, "seed": seed}
 
 
-def _gen(seed: int) -> dict[str, int]:
-    return {"generator": seed}
-
-
-def sample_classes_case(n_classes: int, n_way: int, seed: int, draws: int) -> Case:
-    return Case(
-        f"{n_way}-way from {n_classes} classes, seed {seed}",
-        {"n_classes": n_classes, "n_way": n_way, "seed": seed, "draws": draws},
-        probe="sample_classes",
-    )
-
-
-def support_query_case(per_class: int, k: int, q: int, seed: int, draws: int) -> Case:
-    return Case(
-        f"{k}-shot, {q} queries from {per_class} images, seed {seed}",
-        {"per_class": per_class, "k_shot": k, "q_queries": q, "seed": seed, "draws": draws},
-        probe="sample_support_query",
-    )
-
-
-def relabel_case(sample_classes: list[int], episode_classes: list[int]) -> Case:
-    return Case(
-        f"sample_classes={sample_classes}, episode_classes={episode_classes}",
-        {
-            "sample_classes": torch.tensor(sample_classes),
-            "episode_classes": torch.tensor(episode_classes),
-        },
-    )
-
-
 def episode_case(split: dict[str, int], n_way: int, k: int, q: int, seed: int, draws: int) -> Case:
-    return Case(
+    label = (
         f"{n_way}-way {k}-shot {q}-query from {split['n_classes']} classes of "
-        f"{split['per_class']} images, seed {seed}",
-        {"data": split, "n_way": n_way, "k_shot": k, "q_queries": q, "seed": seed, "draws": draws},
-        probe="make_episode",
+        f"{split['per_class']} images, seed {seed}"
     )
+    return case(label, data=split, n_way=n_way, k_shot=k, q_queries=q, seed=seed, draws=draws)
 
 
-def _describe(arg: Any) -> str:
-    """A case argument as a student would recognise it."""
-    if isinstance(arg, torch.Tensor):
-        return _show(arg)
-    if isinstance(arg, dict) and len(arg) == 1:
-        ((kind, spec),) = arg.items()
-        if kind == "generator":
-            return f"a generator seeded {spec}"
-        if kind == "image_classes":
-            return f"a split of {spec['n_classes']} classes x {spec['per_class']} images"
-        if kind == "conv4":
-            return f"a Conv4 with {spec.get('hidden', 8)} channels"
-    return repr(arg)
+def episode_raises(
+    label: str, split: dict[str, int], bad: tuple[int, ...], valid: tuple[int, ...]
+) -> Case:
+    """``bad`` and ``valid`` are ``(n_way, k_shot, q_queries)`` on ``split``, seed 0."""
+    spec = lambda n, k, q: {"data": split, "n_way": n, "k_shot": k, "q_queries": q, "seed": 0}  # noqa: E731
+    return raises(label, spec(*bad), spec(*valid))
 
 
-def raises_case(label: str, bad: list[Any], valid: list[Any]) -> Case:
-    """A case where ``fn(*bad)`` must raise ``ValueError`` and ``fn(*valid)`` must not."""
-    return Case(label, {"args": bad, "valid": valid}, probe="raises")
-
-
-EXERCISE = Exercise(
-    "00_tasks",
-    (
-        Question(
-            "q1",
-            "sample_classes",
-            2,
-            judge_sample_classes,
-            visible=(
-                sample_classes_case(10, 3, seed=0, draws=300),
-                sample_classes_case(5, 5, seed=1, draws=200),
-                raises_case("6-way from 5 classes (impossible)", [5, 6, _gen(0)], [5, 5, _gen(0)]),
-            ),
-            title="N distinct classes in random order",
-        ),
-        Question(
-            "q2",
-            "sample_support_query",
-            2,
-            judge_sample_support_query,
-            visible=(
-                support_query_case(6, 2, 3, seed=0, draws=200),
-                support_query_case(5, 1, 4, seed=1, draws=200),
-                raises_case(
-                    "3 shots + 2 queries from 4 images (impossible)",
-                    [4, 3, 2, _gen(0)],
-                    [4, 3, 1, _gen(0)],
-                ),
-            ),
-            title="disjoint support and query images of one class",
-        ),
-        Question(
-            "q3",
-            "relabel",
-            2,
-            judge_relabel,
-            visible=(
-                relabel_case([7, 2, 7, 9], [9, 7, 2]),
-                relabel_case([4, 0, 11, 0, 4, 11], [0, 11, 4]),
-                raises_case(
-                    "class 3 is not in the episode",
-                    [torch.tensor([5, 3]), torch.tensor([5, 4])],
-                    [torch.tensor([5, 4]), torch.tensor([5, 4])],
-                ),
-            ),
-            title="labels 0..N-1 from classes",
-        ),
-        Question(
-            "q4",
-            "make_episode",
-            4,
-            judge_make_episode,
-            visible=(
-                episode_case(_split(8, 6), 3, 2, 3, seed=0, draws=200),
-                episode_case(_split(5, 4, seed=1), 5, 1, 3, seed=1, draws=150),
-                raises_case(
-                    "2 shots + 5 queries from classes of 6 images (impossible)",
-                    [{"image_classes": _split(8, 6)}, 3, 2, 5, _gen(0)],
-                    [{"image_classes": _split(8, 6)}, 3, 2, 4, _gen(0)],
-                ),
-            ),
-            title="a whole episode",
+Q4 = Question(
+    "q4",
+    "make_episode",
+    4,
+    episode_inputs,
+    title="a whole episode",
+    reference=reference_make_episode,
+    observe=draws,
+    check=check_make_episode,
+    visible=(
+        episode_case(split(8, 6), 3, 2, 3, seed=0, draws=200),
+        episode_case(split(5, 4, seed=1), 5, 1, 3, seed=1, draws=150),
+        episode_raises(
+            "2 shots + 5 queries from classes of 6 images (impossible)",
+            split(8, 6),
+            bad=(3, 2, 5),
+            valid=(3, 2, 4),
         ),
     ),
 )
+
+
+EXERCISE = Exercise("00_tasks", (Q1, Q2, Q3, Q4))
 
 
 def check(name: str, fn: Callable[..., Any]) -> feedback.Verdict:
