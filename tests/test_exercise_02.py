@@ -95,7 +95,7 @@ SECOND_ORDER_MISSING = "the second-order term is missing"
 WRONG = {
     "inner gradients without create_graph": ("q1", _inner("detached"), "it is first order"),
     "inner loop under no graph": ("q1", _inner("no graph"), "carry no graph back to params"),
-    "the model trained in place": ("q1", _inner_in_place, "the network's own weights changed"),
+    "the model trained in place": ("q1", _inner_in_place, "model changed in place"),
     "gradient ascent inside": ("q1", _inner_ascent, "this is gradient ascent"),
     "a detached inner loop": ("q2", _maml("detached inner loop"), SECOND_ORDER_MISSING),
     "gradient wrt the adapted weights": ("q2", _maml("wrt adapted"), SECOND_ORDER_MISSING),
