@@ -13,7 +13,7 @@ from metalib.grading.ex00_tasks import (
     support_query_case,
     support_query_raises,
 )
-from metalib.grading.spec import Case
+from metalib.grading.question import Case
 
 HIDDEN: dict[str, list[Case]] = {
     "q1": [

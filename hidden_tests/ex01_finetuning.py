@@ -10,7 +10,7 @@ from metalib.grading.ex01_finetuning import (
     head_case,
     step_case,
 )
-from metalib.grading.spec import Case
+from metalib.grading.question import Case
 
 HIDDEN: dict[str, list[Case]] = {
     "q1": [

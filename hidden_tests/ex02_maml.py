@@ -16,7 +16,7 @@ from metalib.grading.ex02_maml import (
     reptile_raises,
     task_case,
 )
-from metalib.grading.spec import Case
+from metalib.grading.question import Case
 
 HIDDEN: dict[str, list[Case]] = {
     "q1": [

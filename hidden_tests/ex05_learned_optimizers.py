@@ -13,7 +13,7 @@ from metalib.grading.ex05_learned_optimizers import (
     preprocess_case,
     step_case,
 )
-from metalib.grading.spec import Case
+from metalib.grading.question import Case
 
 HIDDEN: dict[str, list[Case]] = {
     "q1": [

@@ -14,7 +14,7 @@ from metalib.grading.ex08_meta_knowledge import (
     update_raises,
     weights_case,
 )
-from metalib.grading.spec import Case
+from metalib.grading.question import Case
 
 HIDDEN: dict[str, list[Case]] = {
     "q1": [

@@ -36,8 +36,7 @@ import torch
 from conftest import ROOT
 from metalib.grading import __main__ as cli
 from metalib.grading import grader, launch, lockdown, registry, scores, view
-from metalib.grading.question import Question, case, given
-from metalib.grading.spec import Exercise
+from metalib.grading.question import Exercise, Question, case, given
 
 AS_ROOT = sys.platform.startswith("linux") and os.geteuid() == 0
 ATTACKS = ("deleter", "reader", "escaper")  # what a weak sandbox would let do real damage
@@ -51,7 +50,7 @@ FIXTURE = f'''
 import torch
 
 from metalib.grading.question import Question, case, given
-from metalib.grading.spec import Exercise
+from metalib.grading.question import Exercise
 
 
 def add(a, b):
@@ -164,8 +163,7 @@ def add(a, b):
 
 MONKEYPATCHER = """
 import builtins, sys, torch, torch.testing
-import metalib.grading.feedback as feedback, metalib.grading.probes as probes
-import metalib.grading.spec as spec
+import metalib.grading.feedback as feedback, metalib.grading.question as question
 torch.testing.assert_close = lambda *a, **k: None
 torch.equal = lambda *a, **k: True
 torch.Tensor.__eq__ = lambda self, other: torch.tensor(True)
@@ -175,7 +173,9 @@ import metalib.tasks
 metalib.tasks.sample_episodes = lambda *a, **k: None
 feedback.check = lambda *a, **k: True
 feedback.run_case = lambda *a, **k: None
-spec.Question.judge = lambda *a, **k: None
+question.Question.judge = lambda *a, **k: None
+question.Question.diagnose = lambda *a, **k: (None, None)
+question.difference = lambda *a, **k: None
 for name in list(sys.modules):
     if "99_add" in name or "hidden" in name:
         setattr(sys.modules[name], "judge_add", lambda *a, **k: None)

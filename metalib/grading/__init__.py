@@ -1,4 +1,4 @@
-"""Exercises and grading: question specs, instant checks, probes, and the grader command.
+"""Exercises and grading: questions as declarations, instant checks, and the grader command.
 
 Nothing in the rest of metalib imports this package.
 """

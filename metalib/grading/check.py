@@ -41,8 +41,8 @@ from metalib.grading import registry
 from metalib.grading.__main__ import add_run_options, find_notebooks
 from metalib.grading.grader import _cell_errors, _read, read_notebook
 from metalib.grading.launch import Limits, decode
+from metalib.grading.question import Exercise, Question
 from metalib.grading.scores import QuestionScore, answers_of, score_question
-from metalib.grading.spec import Exercise, Question
 
 TITLE_CHARS = 60
 OUTPUT_LINES = 25  # of the notebook's output, shown when it did not finish

@@ -33,8 +33,7 @@ import torch
 from metalib import tasks
 from metalib.grading import feedback
 from metalib.grading.builders import generator, tiny_image_classes
-from metalib.grading.question import Question, case, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import Case, Exercise, Question, case, plain, raises
 
 # A coverage check ("every class appears at every position") is made only when a correct
 # sampler fails it with probability below this.

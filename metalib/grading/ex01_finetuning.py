@@ -45,8 +45,16 @@ from torch import nn
 from metalib import maml, nets, train
 from metalib.grading import feedback
 from metalib.grading.builders import generator, tiny_conv4, tiny_support
-from metalib.grading.question import Mistake, Question, case, difference, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import (
+    Case,
+    Exercise,
+    Mistake,
+    Question,
+    case,
+    difference,
+    plain,
+    raises,
+)
 
 N_BLOCKS = 4  # Conv4's body: four blocks, then a Flatten
 STEP_HINT = (

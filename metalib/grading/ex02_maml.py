@@ -43,8 +43,7 @@ from torch import nn
 from metalib import maml
 from metalib.data.sinusoid import SinusoidFamily
 from metalib.grading import builders, feedback
-from metalib.grading.question import Mistake, Question, case, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import Case, Exercise, Mistake, Question, case, plain, raises
 from metalib.nets import MLP
 from metalib.tasks import Episode
 

@@ -35,8 +35,7 @@ from torch import nn
 
 from metalib import blackbox, protonet
 from metalib.grading import builders, feedback
-from metalib.grading.question import Mistake, Question, case, given, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import Case, Exercise, Mistake, Question, case, given, plain, raises
 from metalib.weight_predictor import WeightPredictor
 
 Tensors = tuple[torch.Tensor, ...]

@@ -41,8 +41,16 @@ from torch import nn
 from metalib import learned_optim
 from metalib.grading import feedback
 from metalib.grading.builders import generator, vjp
-from metalib.grading.question import Mistake, Question, case, difference, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import (
+    Case,
+    Exercise,
+    Mistake,
+    Question,
+    case,
+    difference,
+    plain,
+    raises,
+)
 
 Spec = dict[str, Any]
 State = list[tuple[torch.Tensor, torch.Tensor]]

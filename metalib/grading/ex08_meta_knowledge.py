@@ -42,8 +42,7 @@ from torch import nn
 
 from metalib import meta_sgd, reweight
 from metalib.grading import builders, feedback
-from metalib.grading.question import Mistake, Question, case, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import Case, Exercise, Mistake, Question, case, plain, raises
 from metalib.nets import MLP, Conv4, forward_with
 
 Params = dict[str, torch.Tensor]

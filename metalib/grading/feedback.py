@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from metalib.grading.question import Case, Exercise, Question
 from metalib.grading.question import references as runner_references
-from metalib.grading.spec import Case, Exercise, Question
 
 
 @dataclass(frozen=True)

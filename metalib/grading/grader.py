@@ -35,6 +35,7 @@ from pathlib import Path
 
 from metalib.grading import launch, lockdown, registry
 from metalib.grading.launch import UNUSED_UID, GraderError, Limits
+from metalib.grading.question import Exercise
 from metalib.grading.scores import (
     Grade,
     answers_of,
@@ -43,9 +44,8 @@ from metalib.grading.scores import (
     score_question,
     zero,
 )
-from metalib.grading.spec import Exercise
 
-NEEDED = ("torch", "numpy", "matplotlib", "IPython", "metalib.grading.probes")
+NEEDED = ("torch", "numpy", "matplotlib", "IPython", "metalib.grading.question")
 IMPORT_CHECK = """
 import importlib, json
 out = {{}}

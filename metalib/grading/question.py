@@ -38,17 +38,33 @@ from typing import Any
 
 import torch
 
-from metalib.grading.spec import Case
-
 Spec = dict[str, Any]
 TOLERANCE = {
     torch.float64: {"rtol": 1e-7, "atol": 1e-9},
     torch.float32: {"rtol": 1e-4, "atol": 1e-5},
 }
 PROBE = "metalib.grading.question:probe"
+COMPARE = "compare with the reference"  # what a question's check returns to go on comparing
 
 
 # ------------------------------------------------------------------------- declaring cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input of a question: what the student reads, and plain data for the sandbox.
+
+    Attributes:
+        label: what a student reads in feedback, e.g. ``"12 classes, 5-way, seed 3"``.
+        kwargs: the spec given to the question's ``build`` (plain data only: tensors, numbers,
+            strings, lists, tuples, dicts, which ``torch.load(weights_only=True)`` reads back);
+            for a ``raises`` case, ``{"bad": spec, "valid": spec}``.
+        probe: ``"question"`` or ``"raises"``.
+    """
+
+    label: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    probe: str = "question"
 
 
 def case(label: str, **spec: Any) -> Case:
@@ -115,15 +131,10 @@ def given(**spec: Any) -> dict[str, Any]:
 
 
 def find_probe(name: str) -> Callable[..., Any]:
-    """The probe ``"module:function"`` (a declared question's), or a name in :mod:`.probes`."""
-    if ":" in name:
-        return resolve(name)
-    from metalib.grading import probes
-
-    found = getattr(probes, name, None)
-    if found is None:
+    """The probe ``"module:function"`` of a case's request (:meth:`Question.request`)."""
+    if ":" not in name:
         raise ValueError(f"the grader has no probe {name!r}")
-    return found
+    return resolve(name)
 
 
 @contextlib.contextmanager
@@ -256,7 +267,9 @@ def show(t: torch.Tensor, limit: int = 4) -> str:
     return f"[{', '.join(text)}{', ...' if t.numel() > limit else ''}]"
 
 
-def difference(got: Any, want: Any, what: str = "the result", hints: Mapping = {}) -> str | None:
+def difference(
+    got: Any, want: Any, what: str = "the result", hints: Mapping = {}, tol: Mapping | None = None
+) -> str | None:
     """``None`` when ``got`` matches ``want``; else what differs first, as a sentence.
 
     Tensors must have ``want``'s shape and dtype and its values within :func:`tolerance`;
@@ -276,13 +289,17 @@ def difference(got: Any, want: Any, what: str = "the result", hints: Mapping = {
             bad = got != want
         else:
             scale = float(want.abs().nan_to_num(0, 0, 0).max()) if want.numel() else 1.0
-            bad = ~torch.isclose(got, want, **tolerance(want.dtype, scale), equal_nan=True)
+            limits = tolerance(want.dtype, scale) if tol is None else dict(tol)
+            bad = ~torch.isclose(got, want, **limits, equal_nan=True)
         if not bad.any():
             return None
         index = [int(i) for i in bad.nonzero()[0]]
         where = f" at index {index}" if index else ""
         g, w = got[tuple(index)], want[tuple(index)]
-        text = f"{what}{where}: expected {show(w)[1:-1]}, got {show(g)[1:-1]}"
+        shown_w, shown_g = show(w)[1:-1], show(g)[1:-1]
+        if shown_w == shown_g:  # the gap is in later digits
+            shown_w, shown_g = f"{float(w):.12g}", f"{float(g):.12g}"
+        text = f"{what}{where}: expected {shown_w}, got {shown_g}"
         if want.is_floating_point() and want.numel() > 1:
             text += f" (off by up to {float((got - want).abs().max()):.2g} overall)"
         return text
@@ -295,7 +312,8 @@ def difference(got: Any, want: Any, what: str = "the result", hints: Mapping = {
         if extra:
             return f"{what} has {extra[0]!r}, which is not expected"
         return next(
-            (d for k in want if (d := difference(got[k], want[k], f"{what}[{k!r}]", hints))), None
+            (d for k in want if (d := difference(got[k], want[k], f"{what}[{k!r}]", hints, tol))),
+            None,
         )
     if isinstance(want, (list, tuple)):
         if not isinstance(got, (list, tuple)):
@@ -306,12 +324,13 @@ def difference(got: Any, want: Any, what: str = "the result", hints: Mapping = {
             (
                 d
                 for i, (g, w) in enumerate(zip(got, want, strict=True))
-                if (d := difference(g, w, f"{what}[{i}]", hints))
+                if (d := difference(g, w, f"{what}[{i}]", hints, tol))
             ),
             None,
         )
     if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        ok = torch.isclose(torch.tensor(float(got)), torch.tensor(want), **tolerance(torch.float32))
+        limits = tolerance(torch.float32) if tol is None else dict(tol)
+        ok = torch.isclose(torch.tensor(float(got)), torch.tensor(want), **limits)
         return None if ok else f"{what}: expected {want:.6g}, got {float(got):.6g}"
     if got != want or type(got) is not type(want):
         return f"{what}: expected {want!r}, got {got!r}"
@@ -349,10 +368,14 @@ class Question:
         observe: ``observe(fn, args, spec) -> plain data``, instead of :func:`call` (to call
             ``fn`` several times, or take gradients through its output).
         check: ``check(spec, got, want) -> message or None``, instead of :func:`difference`
-            (properties rather than equality).
+            (properties rather than equality); returning :data:`COMPARE` goes on to the
+            comparison and the known mistakes (a check of what they cannot tell).
         what: the output's name in messages; ``hints(spec) -> {wrong shape: hint}``.
         rule: what the right answer is, appended to a wrong answer's message.
         pure: whether changing an input in place is wrong.
+        tolerance: ``{"rtol": ..., "atol": ...}`` for every float, instead of :func:`tolerance`.
+        seconds: the time limit of each of its cases (an experiment's sweep), instead of the
+            grader's ``--case-timeout``.
     """
 
     name: str
@@ -370,6 +393,8 @@ class Question:
     hints: Callable[[Spec], Mapping] | None = None
     rule: str = ""
     pure: bool = True
+    tolerance: Mapping[str, float] | None = None
+    seconds: float | None = None
     _names: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -391,7 +416,12 @@ class Question:
                 "kwargs": {"build": self._names["build"], **case.kwargs},
             }
         kwargs = {"build": self._names["build"], "spec": case.kwargs}
-        return {"probe": PROBE, "kwargs": {**kwargs, "observe": self._names.get("observe")}}
+        limit = {} if self.seconds is None else {"seconds": float(self.seconds)}
+        return {
+            "probe": PROBE,
+            "kwargs": {**kwargs, "observe": self._names.get("observe")},
+            **limit,
+        }
 
     def run(self, fn: Callable[..., Any], case: Case) -> Any:
         """Probe ``fn`` on ``case`` in this process (the notebook's instant check)."""
@@ -420,14 +450,64 @@ class Question:
         got = output["out"]
         want = self.expected(self.reference, spec) if self.reference is not None else None
         if self.check is not None:
-            return self.check(spec, got, want), None
+            verdict = self.check(spec, got, want)
+            if verdict is not COMPARE:
+                return verdict, None
         hints = self.hints(spec) if self.hints else {}
-        wrong = difference(got, want, self.what, hints)
+        wrong = difference(got, want, self.what, hints, self.tolerance)
         if wrong is None:
             return None, None
         rule = f" {self.rule}." if self.rule else ""
         for mistake in self.mistakes:
             if mistake.when is None or mistake.when(spec):
-                if difference(got, self.expected(mistake.fn, spec), self.what) is None:
+                guess = self.expected(mistake.fn, spec)
+                if difference(got, guess, self.what, {}, self.tolerance) is None:
                     return f"{wrong}: {mistake.says}.{rule}", mistake.says
-        return f"{wrong}.{rule}", None
+        return (f"{wrong}.{rule}" if rule else wrong), None
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """The questions of one exercise notebook, e.g. ``Exercise("00_tasks", (q1, q2, q3))``."""
+
+    name: str
+    questions: Sequence[Question]
+
+    def __post_init__(self) -> None:
+        names = [q.name for q in self.questions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"exercise {self.name}: question names repeat: {names}")
+
+    def references(self, name: str) -> dict[str, str]:
+        """``{function: "module:name" of its reference}`` of the questions before ``name``.
+
+        A later question that calls an earlier one's function gets the reference instead of the
+        student's own, so that each question is graded on its own.
+        """
+        found = {}
+        for q in self.questions:
+            if q.name == name:
+                return found
+            where = importable(q.reference) if q.reference is not None else None
+            if where is not None:  # what the sandbox can import
+                found[q.function] = where
+        raise ValueError(f"exercise {self.name} has no question {name!r}")
+
+    def request(self, hidden: bool = True) -> list[dict[str, Any]]:
+        """The questions as the sandbox runs them (plain data): function, cases, references."""
+        return [
+            {
+                "name": q.name,
+                "function": q.function,
+                "cases": [q.request(c) for c in (*q.visible, *(q.hidden if hidden else ()))],
+                "references": self.references(q.name),
+            }
+            for q in self.questions
+        ]
+
+    def question(self, name: str) -> Question:
+        for q in self.questions:
+            if q.name == name:
+                return q
+        known = ", ".join(q.name for q in self.questions)
+        raise ValueError(f"exercise {self.name} has no question {name!r}; it has {known}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import metalib.grading
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import Case, Exercise
 
 MODULE_NAME = re.compile(r"^ex(\d\d_\w+)$")
 

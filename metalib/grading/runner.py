@@ -235,7 +235,7 @@ def answer(shell: InteractiveShell, questions: list, seconds: float, channel: Ch
                     )
                     continue
                 channel.send(kind="running", what=f"{name}, check {index + 1}")
-                status, value = run_case(fn, case, seconds)
+                status, value = run_case(fn, case, case.get("seconds", seconds))
                 channel.send(kind="case", question=name, index=index, status=status, value=value)
                 if status == "unanswered":
                     break  # the rest of the question's cases would raise the same

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from metalib.grading.spec import Case, Question
+from metalib.grading.question import Case, Question
 
 MESSAGE_CHARS = 400
 MESSAGES_SHOWN = 6
