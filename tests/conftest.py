@@ -166,7 +166,12 @@ def exercise(name: str):
 
 @functools.cache
 def solution(name: str) -> dict:
-    """The namespace of ``solutions/<name>.ipynb`` after running its code cells."""
+    """The namespace of ``solutions/<name>.ipynb`` after running its code cells (shared)."""
+    return fresh_solution(name)
+
+
+def fresh_solution(name: str) -> dict:
+    """A new namespace of ``solutions/<name>.ipynb`` after running its code cells."""
     nb = json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())
     assert nb["metadata"]["workbook"]["exercise"] == name
     namespace: dict = {"__name__": f"solution_{name}"}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import all_cases, exercise, hidden_cases, solution
+from conftest import all_cases, exercise, fresh_solution, hidden_cases, solution
 from metalib.grading import ex00_tasks, ex01_finetuning, registry
 from metalib.grading.feedback import evaluate_cases, run_case
 from metalib.grading.question import find_probe
@@ -106,3 +106,22 @@ def test_check_prints_one_line_per_question(capsys):
     assert verdict and capsys.readouterr().out == "q3: passed (3 of 3 checks)\n"
     verdict = ex01_finetuning.check("q5", lambda model, x, y: 2.0)
     assert not verdict and "expected accuracy" in capsys.readouterr().out
+
+
+def test_each_question_is_graded_on_its_own():
+    """A stub in q1 and a bug in q2 cost q1 and q2 only: q4, which calls both, runs with their
+    references, and its feedback never shows q1's hint."""
+    namespace = fresh_solution("00_tasks")
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError("q1's hint")
+
+    namespace["sample_classes"] = stub
+    namespace["sample_support_query"] = lambda m, k, q, g: (torch.arange(k), torch.arange(q))
+    make_episode = namespace["make_episode"]
+    verdict = _verdict("00_tasks", "q4", make_episode)
+    assert verdict, str(verdict)
+    question = exercise("00_tasks").question("q4")
+    alone = evaluate_cases(question, question.visible, make_episode)  # no references given
+    assert not alone and "q1's hint" in alone.failures[0]
+    assert namespace["sample_classes"] is stub  # the student's own function is put back

@@ -49,8 +49,7 @@ FIXTURE = f'''
 
 import torch
 
-from metalib.grading.question import Question, case, given
-from metalib.grading.question import Exercise
+from metalib.grading.question import Exercise, Mistake, Question, case, given
 
 
 def add(a, b):
@@ -69,8 +68,10 @@ EXERCISE = Exercise(
     "99_add",
     (
         Question("q1", "add", 2, given, reference=add, title="add two tensors",
+                 mistakes=(Mistake("subtracted b instead of adding it", lambda a, b: a - b),),
                  visible=(_add("1 + 2", [1.0], [2.0]), _add("rows", [[1.0, 2.0]], [[3.0, 4.0]]))),
         Question("q2", "scale", 1, given, reference=scale, title="scale a tensor",
+                 mistakes=(Mistake("added k instead of multiplying by it", lambda x, k: x + k),),
                  visible=(case("x 3", x=torch.tensor([1.0, 2.0]), k=3.0),)),
     ),
 )
@@ -1037,3 +1038,40 @@ def test_a_view_links_the_environment_and_nothing_else(tmp_path):
     other.mkdir()
     only = Path(view.link_tree(str(project), str(other), [], only="metalib"))
     assert sorted(p.name for p in only.iterdir()) == ["metalib"]
+
+
+PLANTED = {
+    "right": (ADD, SCALE),
+    "minus_1": ("def add(a, b):\n    return a - b", SCALE),
+    "minus_2": ("def add(a, b):\n    return -b + a", SCALE),
+    "minus_3": ("def add(a, b):\n    return a.sub(b)", "def scale(x, k):\n    return x + k"),
+    "blank_1": ("def add(a, b):\n    raise NotImplementedError('add a and b')", SCALE),
+    "blank_2": ("def add(a, b):\n    raise NotImplementedError('add a and b')", SCALE),
+    "other_bug": ("def add(a, b):\n    return a * b", SCALE),
+}
+
+
+@pytest.mark.slow
+def test_class_report_counts_planted_mistakes(tmp_path):
+    """Seven planted submissions: the report counts each known mistake once per submission."""
+    tests_dir = write_tests(tmp_path / "tests")
+    folder = tmp_path / "planted"
+    folder.mkdir()
+    for name, cells in PLANTED.items():
+        (folder / f"{name}.ipynb").write_text(notebook(cells))
+    out = tmp_path / "out"
+    done = grade_cli(str(folder), "--out", str(out), "--tests", str(tests_dir), *limits_args())
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (out / "report.md").read_text()
+    assert "## Exercise 99_add: 7 submissions" in text, text
+    assert "- q1: subtracted b instead of adding it: **3 of 7**" in text, text
+    assert "- q2: added k instead of multiplying by it: **1 of 7**" in text, text
+    assert "- q1: 2 of 7" in text, text  # left unanswered
+    assert "| q1 (add two tensors) | 2 | 0.29 | 1 | 6 | 2 |" in text, text
+    assert (out / "report_99_add.png").stat().st_size > 5000
+    rows = {r["submission"]: r for r in csv.DictReader((out / "scores.csv").open())}
+    assert (rows["right"]["total"], rows["minus_3"]["total"], rows["blank_1"]["q1"]) == (
+        "3",
+        "0",
+        "0",
+    )

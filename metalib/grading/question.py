@@ -372,7 +372,8 @@ class Question:
             comparison and the known mistakes (a check of what they cannot tell).
         what: the output's name in messages; ``hints(spec) -> {wrong shape: hint}``.
         rule: what the right answer is, appended to a wrong answer's message.
-        pure: whether changing an input in place is wrong.
+        pure: whether changing an input in place is wrong; ``changed`` says, per argument,
+            what to do instead (default: "leave the inputs as they are").
         tolerance: ``{"rtol": ..., "atol": ...}`` for every float, instead of :func:`tolerance`.
         seconds: the time limit of each of its cases (an experiment's sweep), instead of the
             grader's ``--case-timeout``.
@@ -393,6 +394,7 @@ class Question:
     hints: Callable[[Spec], Mapping] | None = None
     rule: str = ""
     pure: bool = True
+    changed: Mapping[str, str] = field(default_factory=dict)
     tolerance: Mapping[str, float] | None = None
     seconds: float | None = None
     _names: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -446,7 +448,9 @@ class Question:
         spec = case.kwargs
         if self.pure and output["changed"]:
             names = " and ".join(output["changed"])
-            return f"{names} changed in place; leave the inputs as they are", "inputs changed"
+            advice = next((self.changed[k] for k in output["changed"] if k in self.changed), None)
+            text = f"{names} changed in place; {advice or 'leave the inputs as they are'}"
+            return text, "inputs changed in place"
         got = output["out"]
         want = self.expected(self.reference, spec) if self.reference is not None else None
         if self.check is not None:
