@@ -49,6 +49,13 @@ LEFT_OUT = {
     "GRADING.md": "the instructors' grading guide",
     "benchmarks/grading.py": "times the grader on the solutions",
     "tests/test_exercises.py": "checks the judges against the solutions",
+    **{
+        f"tests/{path.name}": "checks the judges of one exercise against its solution"
+        for path in sorted((ROOT / "tests").glob("test_exercise_*.py"))
+    },
+    "tests/test_grading_docs.py": "runs the grading guide's example",
+    "tools/check_tests.py": "grades the solutions under a tests folder",
+    "benchmarks/grading_load.py": "grades the solutions under load",
     "tests/test_make_exercises.py": "checks that the exercises are generated from the solutions",
     "tests/test_colab.py": "runs a solution as a student's answer",
     "tests/test_release.py": "makes a release from the instructors' repository",
