@@ -1075,3 +1075,40 @@ def test_class_report_counts_planted_mistakes(tmp_path):
         "0",
         "0",
     )
+
+
+def test_repeated_explanations_are_collapsed(tmp_path):
+    q1 = registry.load_exercises(write_tests(tmp_path / "tests"))["99_add"].question("q1")
+    wrong = {"out": torch.tensor([0.0]), "changed": []}
+    same = {i: ("error", "ValueError: no") for i in range(4)}
+    score = scores.score_question(q1, same, "")
+    assert score.messages == ("raised ValueError: no (in 2 checks: 1 + 2; rows)",)
+    assert score.hidden_messages == (
+        "raised ValueError: no (in 2 checks: negative (hidden check); halves (hidden check))",
+    )
+    different = scores.score_question(q1, {0: ("ok", wrong), 1: ("error", "ValueError: no")}, "")
+    assert len(different.messages) == 2
+
+
+CHECK_TESTS = ROOT / "tools" / "check_tests.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SOLUTIONS, reason="no solutions/*.ipynb")
+def test_check_tests_proves_a_private_tests_folder(tmp_path):
+    """make check-tests: a copy of hidden_tests/ with one more case passes; with a case the
+    solution cannot pass (a 6-way episode from 5 classes), it fails and names the notebook."""
+    private = tmp_path / "private"
+    shutil.copytree(ROOT / "hidden_tests", private)
+    path = private / "ex00_tasks.py"
+    more = '\nHIDDEN["q3"].append(case("private", sample_classes=[5, 6], episode_classes=[6, 5]))\n'
+    path.write_text(path.read_text() + "from metalib.grading.question import case\n" + more)
+    run = [sys.executable, str(CHECK_TESTS), "--tests", str(private)]
+    done = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "passes: 0 notebook(s) off" in done.stdout
+    bad = '\nHIDDEN["q1"].append(case("impossible", n_classes=5, n_way=6, seed=0, draws=5))\n'
+    path.write_text(path.read_text() + bad)
+    done = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "solutions/00_tasks.ipynb" in done.stderr and "fails: 1 notebook(s) off" in done.stdout
