@@ -1,6 +1,7 @@
 """Prove a tests folder against the course: solutions score full marks, exercise stubs zero.
 
-Usage: ``python tools/check_tests.py [--tests DIR] [--jobs N]`` (``make check-tests TESTS=dir``).
+Usage: ``python tools/check_tests.py [--tests DIR] [--jobs N] [--only NN_topic]``
+(``make check-tests TESTS=dir``).
 
 Grades every ``solutions/*.ipynb`` and ``exercises/*.ipynb`` with the grader itself (its sandbox,
 so Linux) under the hidden tests of ``DIR`` (default: the repository's ``hidden_tests/``), and
@@ -60,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tests", type=Path, default=ROOT / "hidden_tests", help="the tests folder")
     p.add_argument("--jobs", type=int, default=2, help="notebooks graded at once")
+    p.add_argument("--only", metavar="NN_topic", help="one exercise's solution and stub only")
     args = p.parse_args(argv)
     if not args.tests.is_dir():
         p.error(f"tests folder {args.tests} does not exist")
-    solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
-    exercises = sorted((ROOT / "exercises").glob("*.ipynb"))
+    pattern = f"{args.only}.ipynb" if args.only else "*.ipynb"
+    solutions = sorted((ROOT / "solutions").glob(pattern))
+    exercises = sorted((ROOT / "exercises").glob(pattern))
     if not solutions or not exercises:
         p.error("needs solutions/*.ipynb and exercises/*.ipynb (the instructors' repository)")
     with tempfile.TemporaryDirectory(prefix="metalib-check-tests-") as out:
