@@ -300,8 +300,10 @@ def difference(
         if shown_w == shown_g:  # the gap is in later digits
             shown_w, shown_g = f"{float(w):.12g}", f"{float(g):.12g}"
         text = f"{what}{where}: expected {shown_w}, got {shown_g}"
-        if want.is_floating_point() and want.numel() > 1:
-            text += f" (off by up to {float((got - want).abs().max()):.2g} overall)"
+        gaps = (got - want).abs() if want.is_floating_point() else torch.zeros(0)
+        gaps = gaps[torch.isfinite(gaps)]  # an inf where inf is expected is no gap
+        if want.numel() > 1 and gaps.numel():
+            text += f" (off by up to {float(gaps.max()):.2g} overall)"
         return text
     if isinstance(want, Mapping):
         if not isinstance(got, Mapping):
