@@ -1,44 +1,57 @@
-"""Hidden cases of exercise 08_meta_knowledge, run only by the grader (more classes, one
-example, only the head in params, uniform and all-zero weights in float32; more validation
-examples or one, two more sets where no example agrees with the validation set; step sizes
-listed in θ's own order, per tensor on a Conv4, a gradient of the wrong shape)."""
+"""Hidden cases of exercise 08_meta_knowledge, run only by the grader (q1: five classes, one
+validation example, lr = 1, one training example, a temperature so small that exp overflows in
+float32, a negative temperature; q2: three hidden layers, none at all, a wide float32 network,
+β of the wrong shape; q3: θ's own order, one task, a two-layer perceptron, float32 with three
+steps, a step size per entry; q4: inputs of scale 2 with three inner steps, a start that
+overshoots, 8-d tasks with two inner steps)."""
 
 from __future__ import annotations
 
 from metalib.grading.ex08_meta_knowledge import (
     conv4,
+    film_case,
+    film_raises,
+    layerwise_case,
+    layerwise_raises,
     linear,
+    lr_case,
     mlp,
-    step_case,
-    update_case,
-    update_raises,
+    sinusoid,
     weights_case,
+    weights_raises,
 )
 from metalib.grading.question import Case
 
 HIDDEN: dict[str, list[Case]] = {
     "q1": [
-        step_case(linear(10, n_classes=5, features=4), 7, "uniform", lr=1.0, seed=10),
-        step_case(mlp(11, hidden=(6, 6)), 5, "random", lr=0.1, seed=11, subset="head"),
-        step_case(conv4(12, n_classes=2, dtype="float32"), 3, "zeros", lr=0.3, seed=12),
-        step_case(mlp(13, dtype="float32"), 8, "sparse", lr=0.05, seed=13),
-        step_case(linear(14, n_classes=2), 1, "random", lr=2.0, seed=14),
+        weights_case(
+            mlp(10, n_classes=5, hidden=(6, 6)), 10, 5, lr=0.05, temperature=0.005, seed=10
+        ),
+        weights_case(linear(14, n_classes=2, features=3), 5, 1, lr=0.3, temperature=0.1, seed=14),
+        weights_case(mlp(13, dtype="float32"), 12, 3, lr=1.0, temperature=0.5, seed=13),
+        weights_case(linear(3, features=32), 1, 4, lr=0.5, temperature=0.1, seed=3),
+        weights_case(
+            conv4(15, n_classes=2, dtype="float32"), 4, 4, lr=0.1, temperature=1e-3, seed=15
+        ),
+        weights_raises(-1.0),
     ],
     "q2": [
-        weights_case(mlp(10, n_classes=5, hidden=(6, 6)), 10, 5, lr=0.05, seed=10),
-        weights_case(linear(3, features=32), 4, 4, lr=0.5, seed=3, val="conflict"),
-        weights_case(mlp(1, features=16), 4, 4, lr=0.5, seed=1, val="conflict"),
-        weights_case(mlp(13, dtype="float32"), 12, 3, lr=1.0, seed=13),
-        weights_case(linear(14, n_classes=2, features=3), 5, 1, lr=0.3, seed=14),
-        weights_case(conv4(15, n_classes=2, dtype="float32"), 4, 4, lr=0.1, seed=15),
+        film_case([3, 10, 2], 5, 7, seed=10),
+        film_case([1, 4, 4, 4, 1], 2, 6, seed=11),
+        film_case([2, 3], 2, 3, seed=12),
+        film_case([1, 16, 16, 1], 1, 20, seed=13, dtype="float32"),
+        film_raises("beta"),
     ],
     "q3": [
-        update_case(mlp(10, hidden=(4,)), "mixed", seed=10),
-        update_case(linear(11, dtype="float32"), "full", seed=11, order="same"),
-        update_case(conv4(12), "scalar", seed=12),
-        update_case(mlp(13, n_classes=5, hidden=(3, 7)), "full", seed=13),
-        update_raises("extra grad"),
-        update_raises("grad shape"),
-        update_raises("shape"),
+        layerwise_case(linear(10, n_classes=4), 4, 3, 5, 2, order="same"),
+        layerwise_case(sinusoid(11, hidden=(10,)), 1, 10, 10, 2),
+        layerwise_case(mlp(12, hidden=(5, 4)), 3, 6, 2, 1),
+        layerwise_case(mlp(13, dtype="float32"), 2, 4, 4, 3),
+        layerwise_raises("full"),
+    ],
+    "q4": [
+        lr_case(2, 4, 2.0, 40, 5, alpha0=0.001, inner_steps=3),
+        lr_case(3, 4, 0.5, 40, 5, alpha0=1.5, inner_steps=1),
+        lr_case(4, 8, 1.0, 30, 8, alpha0=0.003, inner_steps=2),
     ],
 }
