@@ -32,8 +32,7 @@ from torch import nn
 
 from metalib import protonet
 from metalib.grading import builders, feedback
-from metalib.grading.question import Mistake, Question, case, plain, raises
-from metalib.grading.spec import Case, Exercise
+from metalib.grading.question import Case, Exercise, Mistake, Question, case, plain, raises
 from metalib.nets import embed_tasks
 from metalib.tasks import Episode
 from metalib.train import accuracy, episode_loss
