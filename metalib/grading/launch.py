@@ -37,16 +37,11 @@ from typing import Any
 import torch
 
 from metalib import runtime
+from metalib.grading.lockdown import UID_RANGE, UNUSED_UID, GraderError  # noqa: F401 (API)
 
-UID_RANGE = (2_000_000_000, 2_100_000_000)  # far above any account's uid
-UNUSED_UID = UID_RANGE[0]  # "the sandbox's uid" when asking what it may reach (gid = uid)
 SYSTEMS = {"darwin": "macOS", "win32": "Windows", "cygwin": "Cygwin"}
 _uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()
-
-
-class GraderError(RuntimeError):
-    """The grader cannot run: no sandbox here, a missing dependency, a broken tests folder."""
 
 
 def unsandboxed_message() -> str:
@@ -148,7 +143,7 @@ def run(request: dict, scratch: Path, limits: Limits, python: str, hide: list[st
     require_linux()
     view = None
     if _as_root():
-        from metalib.grading.view import view_for  # it imports this module
+        from metalib.grading.view import view_for  # only where a view is needed
 
         view = view_for(python, sandbox_env(scratch), hide)
     uid = _claim_uid() if _as_root() else None

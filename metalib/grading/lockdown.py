@@ -55,6 +55,14 @@ import stat
 import sys
 from pathlib import Path
 
+UID_RANGE = (2_000_000_000, 2_100_000_000)  # far above any account's uid
+UNUSED_UID = UID_RANGE[0]  # "the sandbox's uid" when asking what it may reach (gid = uid)
+
+
+class GraderError(RuntimeError):
+    """The grader cannot run: no sandbox here, a missing dependency, a broken tests folder."""
+
+
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 CLONE_NEWNET, CLONE_NEWIPC = 0x40000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8

@@ -47,7 +47,7 @@ import tempfile
 import threading
 
 from metalib.grading import lockdown
-from metalib.grading.launch import UNUSED_UID, GraderError
+from metalib.grading.lockdown import UNUSED_UID, GraderError
 
 PROBE = """
 import importlib.util, json, os, sys
