@@ -7,6 +7,8 @@ its arguments (seeded generators, never the global random state).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,6 +27,18 @@ def dtype(name: str) -> torch.dtype:
 def generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(int(seed))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a while, as in the sandbox: the same rounding (so the same
+    training) in the sandbox and in the grader, and no threads spinning over tiny tensors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_image_classes(

@@ -54,7 +54,7 @@ from torch import nn
 from metalib import train
 from metalib.data.base import ImageClasses
 from metalib.grading import feedback
-from metalib.grading.builders import generator, tiny_conv4, tiny_support
+from metalib.grading.builders import generator, one_thread, tiny_conv4, tiny_support
 from metalib.grading.question import (
     COMPARE,
     Case,
@@ -62,7 +62,6 @@ from metalib.grading.question import (
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -120,20 +119,6 @@ def _numbers(value: Any) -> Any:
         return [_numbers(v) for v in value]
     number = _number(value) if isinstance(value, torch.Tensor) else None
     return plain(value) if number is None else number
-
-
-def _judged(question: Question, spec: Spec, got: Any, want: Any, otherwise: str) -> str | None:
-    """The engine's comparison for a ``check`` that looked first at what it cannot see:
-    :func:`difference`, then the question's mistakes, then ``otherwise``."""
-    wrong = difference(got, want, question.what, {}, question.tolerance)
-    if wrong is None:
-        return None
-    for mistake in question.mistakes:
-        if mistake.when is None or mistake.when(spec):
-            guess = question.expected(mistake.fn, spec)
-            if difference(got, guess, question.what, {}, question.tolerance) is None:
-                return f"{wrong}: {mistake.says}. {question.rule}."
-    return f"{wrong}; {otherwise}"
 
 
 # ------------------------------------------------------------------------- q1: ULMFiT's rates
@@ -526,24 +511,19 @@ def shape_classes(seed: int, classes: int, per_class: int, size: int = 16) -> Im
 
 @functools.lru_cache(maxsize=8)
 def _pretrained(seed: int) -> nn.Module:
-    threads = torch.get_num_threads()
     data = shape_classes(seed, 32, 20)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), one_thread():  # the same weights in both processes
         torch.manual_seed(seed)
-        torch.set_num_threads(1)  # the same weights in the sandbox and in the grader
-        try:
-            net = Conv4(data.n_classes, hidden=8, image_size=16)
-            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-            g = generator(seed)
-            for _ in range(150):
-                c = torch.randint(data.n_classes, (32,), generator=g)
-                m = torch.randint(data.per_class, (32,), generator=g)
-                loss = F.cross_entropy(net(data.get(c, m)), c)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        finally:
-            torch.set_num_threads(threads)
+        net = Conv4(data.n_classes, hidden=8, image_size=16)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        g = generator(seed)
+        for _ in range(150):
+            c = torch.randint(data.n_classes, (32,), generator=g)
+            m = torch.randint(data.per_class, (32,), generator=g)
+            loss = F.cross_entropy(net(data.get(c, m)), c)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return net
 
 
@@ -588,12 +568,8 @@ def _remembered(variant: str, args: tuple) -> Any:
     tensors = (episode.support_x, episode.query_x, episode.query_y, *model.state_dict().values())
     key = (variant, lr, steps, alpha, *(float(t.double().sum()) for t in tensors))
     if key not in _SWEEPS:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the sandbox: the same rounding, and faster on tiny nets
-        try:
+        with one_thread():
             _SWEEPS[key] = _sweep_once(*args, variant=variant)
-        finally:
-            torch.set_num_threads(threads)
     return copy.deepcopy(_SWEEPS[key])
 
 
@@ -688,7 +664,7 @@ def claims(spec: Spec, got: Any) -> str | None:
 def check_sweep(spec: Spec, got: Any, want: Any) -> Any:
     """The claims, then the comparison (within :data:`SWEEP_TOLERANCE`)."""
     claim = claims(spec, got)
-    return COMPARE if claim is None else _judged(Q4, spec, got, want, claim)
+    return COMPARE if claim is None else Q4.compare(spec, got, want, claim)[0]
 
 
 def sweep_case(seed: int, start: str, k_shot: int = 1, lr=0.5, steps=10, alpha=0.0) -> Case:

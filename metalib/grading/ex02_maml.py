@@ -41,10 +41,9 @@ correction, diverged runs left as they are...) so that the message can say which
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -63,7 +62,6 @@ from metalib.grading.question import (
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -595,21 +593,9 @@ ALPHA = 0.01  # the inner step size MAML meta-trains the initialisation for
 DIVERGED = 1e6  # a mean query loss above it (or not finite) counts as diverged: inf
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for a while: the same numbers in the sandbox and in the grader, and
-    no threads spinning over tensors this small (several times slower on two shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @functools.lru_cache(maxsize=4)
 def _meta_trained(seed: int, iterations: int) -> dict[str, torch.Tensor]:
-    with torch.random.fork_rng(devices=[]), one_thread():
+    with torch.random.fork_rng(devices=[]), builders.one_thread():
         torch.manual_seed(seed)
         net = MLP(hidden=(40, 40)).double()
         optimiser = torch.optim.Adam(net.parameters(), lr=5e-3)
@@ -690,7 +676,7 @@ def _remembered(variant: str, args: tuple) -> dict:
     sums = (float(t.double().sum()) for t in (*tensors, *model.state_dict().values()))
     key = (variant, tuple(lrs), tuple(steps), *sums)
     if key not in _SWEEPS:
-        with one_thread():
+        with builders.one_thread():
             _SWEEPS[key] = _inner_lr_sweep(*args, variant=variant)
     return copy.deepcopy(_SWEEPS[key])
 
@@ -748,22 +734,10 @@ def claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def _judged(spec: Spec, got: Any, want: Any, otherwise: str) -> str | None:
-    """The comparison, then the known mistakes, then ``otherwise``: what a claim said."""
-    hints = Q4.hints(spec) if Q4.hints else {}
-    wrong = difference(got, want, Q4.what, hints, Q4.tolerance)
-    if wrong is None:
-        return None
-    for mistake in Q4.mistakes:
-        if difference(got, Q4.expected(mistake.fn, spec), Q4.what, {}, Q4.tolerance) is None:
-            return f"{wrong}: {mistake.says}. {Q4.rule}."
-    return f"{wrong}; {otherwise}."
-
-
 def check_sweep(spec: Spec, got: Any, want: Any) -> str | None:
     """The claims, then the comparison (within :data:`SWEEP_TOLERANCE`)."""
     claim = claims(spec, got)
-    return COMPARE if claim is None else _judged(spec, got, want, claim)
+    return COMPARE if claim is None else Q4.compare(spec, got, want, f"{claim}.")[0]
 
 
 def seed_spread(seeds=range(5), **spec: Any) -> dict[str, torch.Tensor]:

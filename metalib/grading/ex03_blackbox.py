@@ -46,7 +46,6 @@ from metalib.grading.question import (
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -79,19 +78,6 @@ def _label(s: Spec) -> str:
         f"{s['tasks']} task(s), {s['n_way']}-way {s['k_shot']}-shot, {s['queries']} queries, "
         f"{s['dim']} features, {s['dtype']}"
     )
-
-
-def _judged(question: Question, spec: Spec, got: Any, want: Any, otherwise: str) -> str | None:
-    """The engine's comparison for a ``check`` that looks first at what it cannot see:
-    :func:`difference`, then the question's mistakes, then ``otherwise``."""
-    wrong = difference(got, want, question.what, {}, question.tolerance)
-    if wrong is None:
-        return None
-    for mistake in question.mistakes:
-        guess = question.expected(mistake.fn, spec)
-        if difference(got, guess, question.what, {}, question.tolerance) is None:
-            return f"{wrong}: {mistake.says}. {question.rule}."
-    return f"{wrong}; {otherwise}."
 
 
 NO_GRAPH = (
@@ -686,7 +672,7 @@ def shot_claims(spec: Spec, got: Any) -> str | None:
 def check_shots(spec: Spec, got: Any, want: Any) -> str | None:
     """The claims, then the comparison (within :data:`SHOT_TOLERANCE`)."""
     claim = shot_claims(spec, got)
-    return COMPARE if claim is None else _judged(Q5, spec, got, want, claim)
+    return COMPARE if claim is None else Q5.compare(spec, got, want, f"{claim}.")[0]
 
 
 Q5 = Question(

@@ -664,12 +664,8 @@ def observe_experiment(fn: Callable[..., Any], args: dict[str, Any], spec: Spec)
     key = (_TRUSTED.get(fn), repr(sorted(spec.items())))
     if key[0] is not None and key in _RUNS:
         return copy.deepcopy(_RUNS[key])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the sandbox: the same rounding, hence the same training
-    try:
+    with builders.one_thread():  # as in the sandbox: the same rounding, hence the same training
         out = number(plain(fn(*args.values())))
-    finally:
-        torch.set_num_threads(threads)
     if key[0] is not None:
         _RUNS[key] = copy.deepcopy(out)
     return out

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,7 +47,7 @@ from torch import nn
 
 from metalib import optimizees
 from metalib.grading import feedback
-from metalib.grading.builders import generator, vjp
+from metalib.grading.builders import generator, one_thread, vjp
 from metalib.grading.question import (
     COMPARE,
     Case,
@@ -449,18 +449,6 @@ Q3 = Question(
 )
 
 # ------------------------------------------------------------------------- q4: the experiment
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for a while, as in the sandbox: the same numbers in the grader, and
-    no threads spinning over tensors this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def race_inputs(

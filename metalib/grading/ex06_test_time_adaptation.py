@@ -53,7 +53,7 @@ from torch import nn
 from metalib import tta
 from metalib.data.corruptions import corrupt
 from metalib.grading import feedback
-from metalib.grading.builders import generator, vjp
+from metalib.grading.builders import generator, one_thread, vjp
 from metalib.grading.question import (
     COMPARE,
     Case,
@@ -61,7 +61,6 @@ from metalib.grading.question import (
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -70,21 +69,6 @@ from metalib.nets import Conv4
 Spec = dict[str, Any]
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-def _judged(question: Question, spec: Spec, got: Any, want: Any, otherwise: str = "") -> str | None:
-    """The engine's comparison for a ``check`` that looks first at what it cannot see:
-    :func:`difference`, then the question's mistakes, then ``otherwise`` or the rule."""
-    hints = question.hints(spec) if question.hints else {}
-    wrong = difference(got, want, question.what, hints, question.tolerance)
-    if wrong is None:
-        return None
-    for mistake in question.mistakes:
-        if mistake.when is None or mistake.when(spec):
-            guess = question.expected(mistake.fn, spec)
-            if difference(got, guess, question.what, {}, question.tolerance) is None:
-                return f"{wrong}: {mistake.says}. {question.rule}."
-    return f"{wrong}; {otherwise or question.rule}."
 
 
 def _known(bad: Callable[[str], Callable[..., Any]], says: dict[str, str]) -> tuple[Mistake, ...]:
@@ -800,23 +784,18 @@ def glyph_like(
 
 @functools.lru_cache(maxsize=8)
 def _trained(seed: int, classes: int) -> nn.Module:
-    threads = torch.get_num_threads()
     x, y = glyph_like(seed, classes, 40, part=0)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), one_thread():  # the same weights in both processes
         torch.manual_seed(seed)
-        torch.set_num_threads(1)  # the same weights in the sandbox and in the grader
-        try:
-            net = Conv4(classes, 1, hidden=8, image_size=16, norm="running")
-            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-            g = generator(seed)
-            for _ in range(150):
-                i = torch.randint(len(x), (32,), generator=g)
-                loss = F.cross_entropy(net(x[i]), y[i])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        finally:
-            torch.set_num_threads(threads)
+        net = Conv4(classes, 1, hidden=8, image_size=16, norm="running")
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        g = generator(seed)
+        for _ in range(150):
+            i = torch.randint(len(x), (32,), generator=g)
+            loss = F.cross_entropy(net(x[i]), y[i])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return net.eval()
 
 
@@ -952,7 +931,7 @@ def claims(spec: Spec, got: Any) -> str | None:
 def check_sweep(spec: Spec, got: Any, want: Any) -> str | None:
     """The two claims, then the comparison (within :data:`SWEEP_TOLERANCE`)."""
     claim = claims(spec, got)
-    return COMPARE if claim is None else _judged(Q5, spec, got, want, claim)
+    return COMPARE if claim is None else Q5.compare(spec, got, want, f"{claim or Q5.rule}.")[0]
 
 
 def seed_spread(seeds=range(5), **spec: Any) -> torch.Tensor:

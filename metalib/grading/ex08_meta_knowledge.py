@@ -58,7 +58,6 @@ from metalib.grading.question import (
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -139,20 +138,6 @@ def conv4(seed: int, n_classes: int = 3, hidden: int = 4, image_size=16, dtype="
 
 def sinusoid(seed: int, hidden=(8,)) -> Spec:
     return {"kind": "sinusoid", "seed": seed, "hidden": list(hidden)}
-
-
-def _judged(question: Question, spec: Spec, got: Any, want: Any, otherwise: str) -> str | None:
-    """For a ``check`` that looks first at what the comparison cannot see: the comparison, then
-    the question's mistakes, then ``otherwise``."""
-    wrong = difference(got, want, question.what, {}, question.tolerance)
-    if wrong is None:
-        return None
-    for mistake in question.mistakes:
-        if mistake.when is None or mistake.when(spec):
-            guess = question.expected(mistake.fn, spec)
-            if difference(got, guess, question.what, {}, question.tolerance) is None:
-                return f"{wrong}: {mistake.says}. {question.rule}."
-    return f"{wrong}; {otherwise}."
 
 
 # ------------------------------------------------------------------------- q1
@@ -733,7 +718,7 @@ def lr_claims(spec: Spec, got: Any) -> str | None:
 def check_lr(spec: Spec, got: Any, want: Any) -> str | None:
     """The claims, then the comparison (within :data:`LR_TOLERANCE`)."""
     claim = lr_claims(spec, got)
-    return COMPARE if claim is None else _judged(Q4, spec, got, want, claim)
+    return COMPARE if claim is None else Q4.compare(spec, got, want, f"{claim}.")[0]
 
 
 def lr_case(

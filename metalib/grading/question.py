@@ -459,6 +459,14 @@ class Question:
             verdict = self.check(spec, got, want)
             if verdict is not COMPARE:
                 return verdict, None
+        return self.compare(spec, got, want)
+
+    def compare(
+        self, spec: Spec, got: Any, want: Any, otherwise: str | None = None
+    ) -> tuple[str | None, str | None]:
+        """``(message or None, known mistake or None)``: :func:`difference` with the question's
+        hints and tolerance, then its known mistakes, then ``otherwise`` (what a ``check`` found
+        that the comparison cannot see) or the rule."""
         hints = self.hints(spec) if self.hints else {}
         wrong = difference(got, want, self.what, hints, self.tolerance)
         if wrong is None:
@@ -469,6 +477,8 @@ class Question:
                 guess = self.expected(mistake.fn, spec)
                 if difference(got, guess, self.what, {}, self.tolerance) is None:
                     return f"{wrong}: {mistake.says}.{rule}", mistake.says
+        if otherwise:
+            return f"{wrong}; {otherwise}", None
         return (f"{wrong}.{rule}" if rule else wrong), None
 
 
