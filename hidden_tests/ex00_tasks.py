@@ -12,6 +12,7 @@ from metalib.grading.ex00_tasks import (
     split,
     support_query_case,
     support_query_raises,
+    table_case,
 )
 from metalib.grading.question import Case
 
@@ -39,5 +40,9 @@ HIDDEN: dict[str, list[Case]] = {
         episode_case(split(3, 2, seed=5), 2, 1, 1, seed=2, draws=100),  # smallest episode
         episode_case(split(6, 8, seed=6), 6, 3, 5, seed=3, draws=100),  # all classes, all images
         episode_raises("4-way from 3 classes (impossible)", split(3, 6), (4, 1, 1), (3, 1, 1)),
+    ],
+    "q5": [
+        table_case(7, 40, [3, 6], [1, 2, 4, 8], 80),
+        table_case(11, 25, [2, 4, 8], [1, 5], 120),
     ],
 }

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import (
     exercise,
@@ -14,6 +15,7 @@ from conftest import (
     wrong_answer_fails,
 )
 from metalib.grading.feedback import run_case
+from metalib.tasks import FixedEpisodes
 
 NAME = "00_tasks"
 
@@ -64,6 +66,32 @@ def _episode(variant: str):
         return tuple(out.values()) if variant == "tuple" else out
 
     return make_episode
+
+
+def _table(variant: str):
+    """A nearest-neighbour table with one thing done wrong (written apart from the grader's)."""
+
+    def nearest_neighbour_table(data, ways, shots, q_queries, n_episodes):
+        acc, half = torch.zeros(len(ways), len(shots)), torch.zeros(len(ways), len(shots))
+        for i, n in enumerate(ways):
+            for j, k in enumerate(shots):
+                ep = next(FixedEpisodes(data, n, k, q_queries, n_episodes, 0).batches(n_episodes))
+                s, q = ep.support_x.flatten(2), ep.query_x.flatten(2)
+                d = ((q[:, :, None] - s[:, None]) ** 2).sum(-1)
+                if variant == "cosine":
+                    d = -F.normalize(q, dim=-1) @ F.normalize(s, dim=-1).transpose(1, 2)
+                hits = (ep.support_y.gather(1, d.argmin(-1)) == ep.query_y).double()
+                per = hits.mean(1)
+                acc[i, j] = per.mean()
+                spread = hits.std() / hits.numel() ** 0.5 if variant == "pooled" else per.std()
+                half[i, j] = 1.96 * spread / (1 if variant == "pooled" else n_episodes**0.5)
+        if variant == "sem without 1.96":
+            half = half / 1.96
+        if variant == "error":
+            acc = 1 - acc
+        return {"accuracy": acc, "half_width": half}
+
+    return nearest_neighbour_table
 
 
 WRONG = {
@@ -129,6 +157,10 @@ WRONG = {
     "support and query overlap": ("q4", _episode("overlap"), "must be distinct"),
     "uint8 images": ("q4", _episode("uint8"), "float32 images"),
     "a tuple, not a dict": ("q4", _episode("tuple"), "should return a dict"),
+    "half-widths over pooled queries": ("q5", _table("pooled"), "the episodes are the samples"),
+    "half-widths without 1.96": ("q5", _table("sem without 1.96"), "lack the factor 1.96"),
+    "error rates": ("q5", _table("error"), "above chance"),
+    "cosine similarity": ("q5", _table("cosine"), "nearest support image (Euclidean"),
 }
 
 
@@ -168,6 +200,7 @@ def _relabel_by_dict(sample_classes, episode_classes):
 
 
 OTHER = {
+    "table as tensors, distances by hand": ("q5", _table("")),
     "episode by sorted keys": ("q4", _episode_by_keys),
     "relabel by a dict": ("q3", _relabel_by_dict),
 }

@@ -7,13 +7,16 @@ its arguments (seeded generators, never the global random state).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from metalib.data.base import ImageClasses
+from metalib.grading.question import one_thread as one_thread  # re-exported for the exercises
+from metalib.grading.question import plain
 from metalib.nets import Conv4
 
 Tensors = dict[str, torch.Tensor]
@@ -27,18 +30,6 @@ def dtype(name: str) -> torch.dtype:
 def generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(int(seed))
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for a while, as in the sandbox: the same rounding (so the same
-    training) in the sandbox and in the grader, and no threads spinning over tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tiny_image_classes(
@@ -60,6 +51,24 @@ def tiny_image_classes(
         images=images,
         class_names=tuple(f"class {c}" for c in range(n_classes)),
         groups=tuple(f"group {c % 2}" for c in range(n_classes)),
+    )
+
+
+def shape_classes(seed: int, classes: int, per_class: int, size: int = 16) -> ImageClasses:
+    """Synthetic glyphs: class ``c`` is one seeded shape (a smooth random field above a
+    threshold); each of its images moves it by up to 3 pixels and adds pixel noise of std 0.3."""
+    field = torch.randn(classes, 1, 5, 5, generator=generator(seed), dtype=torch.float64)
+    shapes = F.interpolate(field, size=(size, size), mode="bicubic", align_corners=True) > 0.5
+    g = generator(seed + 1)
+    moves = torch.randint(-3, 4, (classes, per_class, 2), generator=g).tolist()
+    rolled = [[torch.roll(shapes[c, 0], m, dims=(0, 1)) for m in moves[c]] for c in range(classes)]
+    x = torch.stack([torch.stack(images) for images in rolled])  # (C, M, S, S)
+    x = (x.float() + 0.3 * torch.randn(x.shape, generator=g)).clamp(0.0, 1.0)
+    return ImageClasses(
+        name=f"shapes {seed}",
+        images=(255 * x).round().to(torch.uint8),
+        class_names=tuple(f"shape {c}" for c in range(classes)),
+        groups=("shapes",) * classes,
     )
 
 
@@ -136,3 +145,43 @@ def vjp(out: Any, wrt: Tensors, seed: int = 0) -> Tensors | None:
         k: torch.zeros_like(p) if g is None else g.detach()
         for (k, p), g in zip(wrt.items(), grads, strict=True)
     }
+
+
+def numbers(fn: Callable[..., Any], args: Mapping[str, Any], spec: Mapping[str, Any]) -> Any:
+    """An experiment's ``observe``: ``fn`` on the arguments in order, its result as plain data
+    with every tensor a (nested) list of Python numbers, tuples lists and keys strings, so that
+    an answer is compared number by number whatever containers it uses."""
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.tolist()
+        if isinstance(v, dict):
+            return {k: walk(u) for k, u in v.items()}
+        return [walk(u) for u in v] if isinstance(v, (list, tuple)) else v
+
+    return walk(plain(fn(*args.values())))
+
+
+def relative_vjp(out: Any, params: Tensors) -> dict[str, Any]:
+    """The gradient of ``out`` along seeded directions (:func:`vjp`) with respect to ``params``:
+    its scale (its largest entry in absolute value), and every entry divided by it (``None``
+    both when ``out`` carries no graph).
+
+    Relative, because float32 rounding is about 1e-6 of the largest entry (the gradient of a
+    bias before a batch norm, zero up to rounding, among others), which the absolute tolerance
+    (1e-5) cannot absorb when that entry is about 10; the rounding differs between the sandbox
+    and the judge's process.
+    """
+    grad = vjp(out, params)
+    if grad is None:
+        return {"gradient scale": None, "gradient / scale": None}
+    top = torch.stack([g.abs().max() for g in grad.values()]).max()
+    relative = {k: g / top.clamp_min(1e-30) for k, g in grad.items()}
+    return {"gradient scale": top, "gradient / scale": relative}
+
+
+def spec_of(build: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The spec of a case whose arguments are ``build``'s, defaults included."""
+    bound = inspect.signature(build).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)

@@ -23,15 +23,15 @@ by query differs). A wrong answer is matched against the usual mistakes (see eac
 How cases are built. q1 to q3 run on a tiny :class:`~metalib.nets.Conv4`
 (:func:`metalib.grading.builders.tiny_conv4`) and a support set of random images with shuffled
 labels (:func:`~metalib.grading.builders.tiny_support`); q2's starting point is the network's
-own parameters before a seeded move. q4 runs on synthetic shapes (:func:`shape_classes`): a
-Conv4 with 8 channels pre-trained on 32 classes (:func:`pretrained`), or a random one, given a
-fresh 5-way head, and an episode of new classes. q5's labels are the network's own predictions
-for exactly ``n_right`` of the ``n`` queries.
+own parameters before a seeded move. q4 runs on synthetic shapes
+(:func:`~.builders.shape_classes`): a Conv4 with 8 channels pre-trained on 32 classes
+(:func:`pretrained`), or a random one, given a fresh 5-way head, and an episode of new
+classes. q5's labels are the network's own predictions for exactly ``n_right`` of the ``n``
+queries.
 
 Tolerances: the engine's (rtol 1e-7, atol 1e-9 in float64; rtol 1e-4, atol 1e-5 in float32),
 except q4, whose accuracies must be within 0.02 of the reference's (its measure is next to
-:data:`SWEEP_TOLERANCE`), and q5, within 1e-6. q4's reference and mistakes are remembered by the
-content of their inputs, so that the grader runs each once per case, not once per answer judged.
+:data:`SWEEP_TOLERANCE`), and q5, within 1e-6.
 
 References: :func:`reference_layerwise_lrs`, :func:`reference_l2sp_penalty`,
 :func:`reference_finetune_l2sp`, :func:`reference_frozen_blocks_sweep` and
@@ -52,9 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalib import train
-from metalib.data.base import ImageClasses
 from metalib.grading import feedback
-from metalib.grading.builders import generator, one_thread, tiny_conv4, tiny_support
+from metalib.grading.builders import (
+    generator,
+    one_thread,
+    shape_classes,
+    tiny_conv4,
+    tiny_support,
+)
 from metalib.grading.question import (
     COMPARE,
     Case,
@@ -64,6 +69,7 @@ from metalib.grading.question import (
     case,
     plain,
     raises,
+    variants,
 )
 from metalib.nets import Conv4, with_new_head
 from metalib.tasks import Episode, FixedEpisodes
@@ -491,24 +497,6 @@ Q3 = Question(
 # ------------------------------------------------------------------------- q4: the experiment
 
 
-def shape_classes(seed: int, classes: int, per_class: int, size: int = 16) -> ImageClasses:
-    """Synthetic glyphs: class ``c`` is one seeded shape (a smooth random field above a
-    threshold); each of its images moves it by up to 3 pixels and adds pixel noise of std 0.3."""
-    field = torch.randn(classes, 1, 5, 5, generator=generator(seed), dtype=torch.float64)
-    shapes = F.interpolate(field, size=(size, size), mode="bicubic", align_corners=True) > 0.5
-    g = generator(seed + 1)
-    moves = torch.randint(-3, 4, (classes, per_class, 2), generator=g).tolist()
-    rolled = [[torch.roll(shapes[c, 0], m, dims=(0, 1)) for m in moves[c]] for c in range(classes)]
-    x = torch.stack([torch.stack(images) for images in rolled])  # (C, M, S, S)
-    x = (x.float() + 0.3 * torch.randn(x.shape, generator=g)).clamp(0.0, 1.0)
-    return ImageClasses(
-        name=f"shapes {seed}",
-        images=(255 * x).round().to(torch.uint8),
-        class_names=tuple(f"shape {c}" for c in range(classes)),
-        groups=("shapes",) * classes,
-    )
-
-
 @functools.lru_cache(maxsize=8)
 def _pretrained(seed: int) -> nn.Module:
     data = shape_classes(seed, 32, 20)
@@ -529,7 +517,7 @@ def _pretrained(seed: int) -> nn.Module:
 
 def pretrained(seed: int) -> nn.Module:
     """A Conv4 (8 channels, 16 x 16) pre-trained for 150 Adam steps on 32 classes of
-    :func:`shape_classes`; the same weights for the same seed (cached)."""
+    :func:`~.builders.shape_classes`; the same weights for the same seed (cached)."""
     return copy.deepcopy(_pretrained(seed))
 
 
@@ -556,21 +544,7 @@ def reference_frozen_blocks_sweep(
     """``{k: accuracy}`` for k = 0..4: fine-tune with k frozen blocks (rates of
     :func:`reference_layerwise_lrs` with decay 1, :func:`reference_finetune_l2sp` with beta 0)
     on each task's support set, then the mean query accuracy over the tasks."""
-    return _remembered("", (model, episode, lr, steps, alpha))
-
-
-_SWEEPS: dict[tuple, Any] = {}
-
-
-def _remembered(variant: str, args: tuple) -> Any:
-    """:func:`_sweep_once` with ``variant``, remembered by the content of ``args``."""
-    model, episode, lr, steps, alpha = args
-    tensors = (episode.support_x, episode.query_x, episode.query_y, *model.state_dict().values())
-    key = (variant, lr, steps, alpha, *(float(t.double().sum()) for t in tensors))
-    if key not in _SWEEPS:
-        with one_thread():
-            _SWEEPS[key] = _sweep_once(*args, variant=variant)
-    return copy.deepcopy(_SWEEPS[key])
+    return _sweep_once(model, episode, lr, steps, alpha)
 
 
 def _sweep_once(model, episode, lr, steps, alpha, variant=""):
@@ -606,13 +580,6 @@ SWEEP_MISTAKES = {
     "the batch's statistics, so score each task's queries as one batch",
     "no alpha": "alpha is ignored: pass it to finetune_l2sp (with beta 0)",
 }
-
-
-def _sweep_mistake(variant: str) -> Callable[..., Any]:
-    def sweep(model, episode, lr, steps, alpha):
-        return _remembered(variant, (model, episode, lr, steps, alpha))
-
-    return sweep
 
 
 # Measured with `.venv/bin/python -c "from metalib.grading.ex01_finetuning import seed_spread as
@@ -661,12 +628,6 @@ def claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def check_sweep(spec: Spec, got: Any, want: Any) -> Any:
-    """The claims, then the comparison (within :data:`SWEEP_TOLERANCE`)."""
-    claim = claims(spec, got)
-    return COMPARE if claim is None else Q4.compare(spec, got, want, claim)[0]
-
-
 def sweep_case(seed: int, start: str, k_shot: int = 1, lr=0.5, steps=10, alpha=0.0) -> Case:
     label = (
         f"{start} Conv4, 4 tasks of 5-way {k_shot}-shot, 5 queries per class, lr={lr:g}, "
@@ -684,14 +645,14 @@ Q4 = Question(
     title="experiment: accuracy against the number of frozen blocks",
     reference=reference_frozen_blocks_sweep,
     observe=observe_numbers,
-    check=check_sweep,
+    claims=claims,
     what="the accuracies",
     rule="result[k] for k = 0..4 is the mean over the episode's tasks of the query accuracy "
     "(one batch) of finetune_l2sp(model, task's support, layerwise_lrs(model, lr, 1.0, k), "
     "steps, alpha, 0.0)",
     tolerance={"rtol": 0.0, "atol": SWEEP_TOLERANCE},
     seconds=30,  # a case takes about 2 s of CPU (pre-training the network, then the sweep)
-    mistakes=tuple(Mistake(says, _sweep_mistake(v)) for v, says in SWEEP_MISTAKES.items()),
+    mistakes=variants(_sweep_once, SWEEP_MISTAKES),
     visible=(sweep_case(0, "pre-trained", alpha=0.5), sweep_case(1, "random")),
 )
 

@@ -56,7 +56,6 @@ from metalib import maml
 from metalib.data.sinusoid import SinusoidFamily
 from metalib.grading import builders, feedback
 from metalib.grading.question import (
-    COMPARE,
     Case,
     Exercise,
     Mistake,
@@ -666,24 +665,8 @@ def _inner_lr_sweep(model, sx, sy, qx, qy, loss_fn, lrs, steps, variant="") -> d
     return found
 
 
-_SWEEPS: dict[tuple, Any] = {}
-
-
-def _remembered(variant: str, args: tuple) -> dict:
-    """:func:`_inner_lr_sweep` remembered by the content of ``args``: the judge runs the
-    reference (and each mistake) once per case, not once per answer judged."""
-    model, *tensors, loss_fn, lrs, steps = args
-    sums = (float(t.double().sum()) for t in (*tensors, *model.state_dict().values()))
-    key = (variant, tuple(lrs), tuple(steps), *sums)
-    if key not in _SWEEPS:
-        with builders.one_thread():
-            _SWEEPS[key] = _inner_lr_sweep(*args, variant=variant)
-    return copy.deepcopy(_SWEEPS[key])
-
-
 def reference_inner_lr_sweep(model, support_x, support_y, query_x, query_y, loss_fn, lrs, steps):
-    args = (model, support_x, support_y, query_x, query_y, loss_fn, lrs, steps)
-    return _remembered("", args)
+    return _inner_lr_sweep(model, support_x, support_y, query_x, query_y, loss_fn, lrs, steps)
 
 
 def observe_sweep(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> Any:
@@ -734,12 +717,6 @@ def claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def check_sweep(spec: Spec, got: Any, want: Any) -> str | None:
-    """The claims, then the comparison (within :data:`SWEEP_TOLERANCE`)."""
-    claim = claims(spec, got)
-    return COMPARE if claim is None else Q4.compare(spec, got, want, f"{claim}.")[0]
-
-
 def seed_spread(seeds=range(5), **spec: Any) -> dict[str, torch.Tensor]:
     """The reference experiment's loss grids on each seed (meta-training and test tasks),
     ``{mode: (seeds, steps, lrs)}``, for the spec of the first visible case (``spec``
@@ -785,7 +762,7 @@ _ADDED_UP = (
 
 
 def _sweep_mistake(says: str, variant: str) -> Mistake:
-    return Mistake(says, lambda *args: _remembered(variant, args))
+    return Mistake(says, partial(_inner_lr_sweep, variant=variant))
 
 
 Q4 = Question(
@@ -796,7 +773,7 @@ Q4 = Question(
     title="experiment: the inner step size and number of steps, every weight or the head only",
     reference=reference_inner_lr_sweep,
     observe=observe_sweep,
-    check=check_sweep,
+    claims=claims,
     what="the result",
     hints=lambda s: {
         (len(s["lrs"]), len(s["steps"])): "one row per number of steps, one column per step size"

@@ -28,7 +28,6 @@ directions (:func:`~metalib.grading.builders.vjp`), and q5's accuracies to :data
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +39,6 @@ from metalib import blackbox, protonet
 from metalib.features import FeatureClasses
 from metalib.grading import builders, feedback
 from metalib.grading.question import (
-    COMPARE,
     Case,
     Exercise,
     Mistake,
@@ -66,13 +64,6 @@ def task_features(
     return sf, sy, builders.features((tasks, queries, dim), seed + 2, dtype)
 
 
-def spec_of(build: Callable[..., Any], *args: Any, **kwargs: Any) -> Spec:
-    """The spec of a case whose arguments are ``build``'s, defaults included."""
-    bound = inspect.signature(build).bind(*args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
 def _label(s: Spec) -> str:
     return (
         f"{s['tasks']} task(s), {s['n_way']}-way {s['k_shot']}-shot, {s['queries']} queries, "
@@ -86,23 +77,9 @@ NO_GRAPH = (
 )
 
 
-def gradient(out: Any, params: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The gradient of ``out`` along seeded directions (:func:`~metalib.grading.builders.vjp`)
-    with respect to ``params``: its scale (its largest entry in absolute value), and every entry
-    divided by it (``None`` both when ``out`` carries no graph). Relative, so that float32
-    rounding, about 1e-6 of the largest entry, stays within the absolute tolerance (1e-5) however
-    large that entry is."""
-    grad = builders.vjp(out, params)
-    if grad is None:
-        return {"gradient scale": None, "gradient / scale": None}
-    top = torch.stack([g.abs().max() for g in grad.values()]).max()
-    relative = {k: g / top.clamp_min(1e-30) for k, g in grad.items()}
-    return {"gradient scale": top, "gradient / scale": relative}
-
-
 def observe_logits(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> dict[str, Any]:
-    """The logits and their :func:`gradient` with respect to the weights of every module among
-    the arguments."""
+    """The logits and their gradient (:func:`~.builders.relative_vjp`) with respect to the
+    weights of every module among the arguments."""
     out = fn(*args.values())
     params = {
         f"{name}.{k}": p
@@ -110,7 +87,7 @@ def observe_logits(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> 
         if isinstance(module, nn.Module)
         for k, p in module.named_parameters()
     }
-    return {"logits": plain(out), **gradient(out, params)}
+    return {"logits": plain(out), **builders.relative_vjp(out, params)}
 
 
 # ---------------------------------------------------------------------------------- q1
@@ -129,7 +106,7 @@ def sequence_inputs(
 
 def sequence_case(*args: Any, **kwargs: Any) -> Case:
     """A case of :func:`sequence_inputs`'s arguments."""
-    s = spec_of(sequence_inputs, *args, **kwargs)
+    s = builders.spec_of(sequence_inputs, *args, **kwargs)
     what = f"{s['tasks']} task(s), {s['length']} examples of {s['n_way']} classes"
     return case(f"{what}, {s['dim']} features, n_slots={s['n_slots']}, {s['dtype']}", **s)
 
@@ -251,7 +228,7 @@ def average_inputs(
 
 def average_case(*args: Any, **kwargs: Any) -> Case:
     """A case of :func:`average_inputs`'s arguments."""
-    s = spec_of(average_inputs, *args, **kwargs)
+    s = builders.spec_of(average_inputs, *args, **kwargs)
     nets = f"r of {s['width']}, networks of {s['hidden']} units, n_slots={s['n_slots']}"
     return case(f"{nets}; {_label(s)}, seed {s['seed']}", **s)
 
@@ -428,7 +405,7 @@ def imprint_inputs(
 
 def imprint_case(*args: Any, **kwargs: Any) -> Case:
     """A case of :func:`imprint_inputs`'s arguments."""
-    s = spec_of(imprint_inputs, *args, **kwargs)
+    s = builders.spec_of(imprint_inputs, *args, **kwargs)
     return case(
         f"{s['n_base']} base classes, scale {s['scale']:g}; {_label(s)}, seed {s['seed']}", **s
     )
@@ -603,21 +580,6 @@ def _shots(variant: str) -> Callable[..., dict[str, list[float]]]:
     return imprinting_vs_shots
 
 
-def observe_numbers(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> Any:
-    """What came back as plain data, with 0-d tensors as numbers and 1-d tensors as lists."""
-
-    def number(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim() <= 1:
-            return number(v.tolist())
-        if isinstance(v, (list, tuple)):
-            return [number(u) for u in v]
-        if isinstance(v, dict):
-            return {k: number(u) for k, u in v.items()}
-        return v
-
-    return number(plain(fn(*args.values())))
-
-
 # Measured with `.venv/bin/python -c "from metalib.grading.ex03_blackbox import shots_spread as s;
 # print(s())"`: over seeds 0-4 (the first visible case's spec) the accuracies' standard deviation
 # is 0.057 to 0.088 per shot and method, while right answers on the same seed agree exactly in
@@ -669,12 +631,6 @@ def shot_claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def check_shots(spec: Spec, got: Any, want: Any) -> str | None:
-    """The claims, then the comparison (within :data:`SHOT_TOLERANCE`)."""
-    claim = shot_claims(spec, got)
-    return COMPARE if claim is None else Q5.compare(spec, got, want, f"{claim}.")[0]
-
-
 Q5 = Question(
     "q5",
     "imprinting_vs_shots",
@@ -682,8 +638,8 @@ Q5 = Question(
     shots_inputs,
     title="experiment: imprinting vs nearest neighbour",
     reference=reference_imprinting_vs_shots,
-    observe=observe_numbers,
-    check=check_shots,
+    observe=builders.numbers,
+    claims=shot_claims,
     what="the accuracies",
     rule=(
         "result[method][j] is the accuracy over all queries of FixedEpisodes(data, n_way, "

@@ -26,7 +26,8 @@ Tolerances: 1e-9 (absolute) and 1e-7 (relative) in float64, 1e-5 and 1e-4 otherw
 where nothing is trained and :data:`SHOTS_TOLERANCE` for the trained curves (measured: see
 there). Gradients are taken along seeded directions
 (:func:`~metalib.grading.builders.vjp`): q2's with respect to its inputs, q3's with respect to
-every encoder weight (see :func:`gradient`), so that detached variances or soft assignments show.
+every encoder weight (see :func:`~.builders.relative_vjp`), so that detached variances or soft
+assignments show.
 
 References: module-level functions below built on :mod:`metalib.protonet` and
 :mod:`metalib.train`; the known mistakes of each question are declared with it.
@@ -35,8 +36,8 @@ References: module-level functions below built on :mod:`metalib.protonet` and
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -62,13 +63,6 @@ from metalib.tasks import Episode, FixedEpisodes, sample_episodes
 from metalib.train import accuracy, episode_loss
 
 Spec = dict[str, Any]
-
-
-def spec_of(build: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """The spec of a case whose arguments are ``build``'s, defaults included."""
-    bound = inspect.signature(build).bind(*args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
 
 
 def clustered(
@@ -230,7 +224,7 @@ def observe_mahalanobis(fn: Callable[..., Any], args: dict[str, Any], spec: Spec
 
 
 def mahalanobis_case(*args: Any, **kwargs: Any) -> Case:
-    s = spec_of(mahalanobis_inputs, *args, **kwargs)
+    s = builders.spec_of(mahalanobis_inputs, *args, **kwargs)
     label = (
         f"{s['tasks']} task(s), {len(s['counts'])}-way {_shots(s['counts'])}, {s['queries']} "
         f"queries, {s['dim']} features, β = {s['beta']:g}, {s['dtype']}, seed {s['seed']}"
@@ -370,26 +364,9 @@ def semi_inputs(encoder: dict[str, Any], episode: dict[str, Any]) -> dict[str, A
     return {"encoder": tiny_encoder(**encoder), "episode": ep, "unlabelled_x": unlabelled_x}
 
 
-def gradient(out: Any, params: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The gradient of ``out`` along seeded directions (:func:`~metalib.grading.builders.vjp`)
-    with respect to ``params``: its scale (its largest entry in absolute value), and every entry
-    divided by it (``None`` both when ``out`` carries no graph).
-
-    Relative, because the gradient of a bias before a batch norm is zero up to float32 rounding,
-    about 1e-6 of the largest entry, which the absolute tolerance (1e-5) cannot absorb when that
-    entry is about 10; the rounding differs between the sandbox and the judge's process.
-    """
-    grad = builders.vjp(out, params)
-    if grad is None:
-        return {"gradient scale": None, "gradient / scale": None}
-    top = torch.stack([g.abs().max() for g in grad.values()]).max()
-    relative = {k: g / top.clamp_min(1e-30) for k, g in grad.items()}
-    return {"gradient scale": top, "gradient / scale": relative}
-
-
 def observe_loss(fn: Callable[..., Any], args: dict[str, Any], spec: dict) -> dict[str, Any]:
     """The loss, the accuracies in float32 (any float dtype is right), and the loss's
-    :func:`gradient` with respect to the encoder's weights."""
+    :func:`~.builders.relative_vjp` with respect to the encoder's weights."""
     out = fn(*args.values())
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         length = f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""
@@ -399,7 +376,7 @@ def observe_loss(fn: Callable[..., Any], args: dict[str, Any], spec: dict) -> di
     return {
         "loss": plain(loss),
         "acc": plain(acc.float() if isinstance(acc, torch.Tensor) else acc),
-        **gradient(loss, dict(args["encoder"].named_parameters())),
+        **builders.relative_vjp(loss, dict(args["encoder"].named_parameters())),
     }
 
 
@@ -639,21 +616,14 @@ def reference_shots_experiment(encoder, train, test, n_way, shots, steps, lr, n_
 
 
 def _bad_experiment(variant: str) -> Callable[..., dict]:
-    bad = lambda *args: _experiment(*args, variant=variant)
-    _TRUSTED[bad] = variant
-    return bad
-
-
-_TRUSTED: dict[Callable[..., Any], str] = {reference_shots_experiment: "reference"}
+    return partial(_experiment, variant=variant)
 
 
 def observe_experiment(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> Any:
     """What came back, as plain data (keys as strings), with numbers and 0-d tensors as floats.
 
-    Torch runs on one thread meanwhile, as in the grader's sandbox: the judge's reference then
-    rounds, and so trains, exactly as an answer that computes the same thing. The runs of the
-    reference and of the known mistakes (a second each) are kept, per spec, in the judge's
-    process: every answer is compared with the same ones.
+    Torch runs on one thread meanwhile, as in the grader's sandbox and for the reference: an
+    answer in a notebook then rounds, and so trains, exactly as the reference does.
     """
 
     def number(v: Any) -> Any:
@@ -661,17 +631,8 @@ def observe_experiment(fn: Callable[..., Any], args: dict[str, Any], spec: Spec)
             return v if isinstance(v, bool) else float(v)
         return {k: number(u) for k, u in v.items()} if isinstance(v, dict) else v
 
-    key = (_TRUSTED.get(fn), repr(sorted(spec.items())))
-    if key[0] is not None and key in _RUNS:
-        return copy.deepcopy(_RUNS[key])
-    with builders.one_thread():  # as in the sandbox: the same rounding, hence the same training
-        out = number(plain(fn(*args.values())))
-    if key[0] is not None:
-        _RUNS[key] = copy.deepcopy(out)
-    return out
-
-
-_RUNS: dict[tuple[str, str], Any] = {}  # (trusted function, spec) -> its observed output
+    with builders.one_thread():
+        return number(plain(fn(*args.values())))
 
 
 def claims(spec: Spec, got: Any) -> str | None:

@@ -47,7 +47,7 @@ from torch import nn
 
 from metalib import optimizees
 from metalib.grading import feedback
-from metalib.grading.builders import generator, one_thread, vjp
+from metalib.grading.builders import generator, vjp
 from metalib.grading.question import (
     COMPARE,
     Case,
@@ -528,32 +528,17 @@ def _race(mlp, hyper, train, test, steps, truncation, meta_steps, meta_lr, lrs, 
 
 
 def reference_optimizer_race(mlp, hyper, train, test, steps, truncation, meta_steps, meta_lr, lrs):
-    with one_thread():
-        return _race(mlp, hyper, train, test, steps, truncation, meta_steps, meta_lr, lrs)
+    return _race(mlp, hyper, train, test, steps, truncation, meta_steps, meta_lr, lrs)
 
 
 def _r(says: str, variant: str, trained: bool = False) -> Mistake:
     """A known mistake of q4 (``trained``: one that shows only when meta-training truncates)."""
-
-    def bad(*args):
-        with one_thread():
-            return _race(*args, variant=variant)
-
-    _TRUSTED[bad] = variant
     shows = lambda s: s["meta_steps"] > 0 and s["steps"] > s["truncation"]  # noqa: E731
-    return Mistake(says, bad, shows if trained else None)
-
-
-_TRUSTED: dict[Callable[..., Any], str] = {reference_optimizer_race: "reference"}
-_RUNS: dict[tuple[str, str], Any] = {}  # (trusted function, spec) -> its observed output
+    return Mistake(says, partial(_race, variant=variant), shows if trained else None)
 
 
 def observe_race(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> Any:
-    """What came back as plain data: the loss lists as float64 tensors, 0-d tensors as floats.
-
-    The runs of the reference and of the known mistakes (a fraction of a second each) are kept
-    per spec in the judge's process: every answer is compared with the same ones.
-    """
+    """What came back as plain data: the loss lists as float64 tensors, 0-d tensors as floats."""
 
     def tidy(key: str, v: Any) -> Any:
         if isinstance(v, dict):
@@ -567,13 +552,7 @@ def observe_race(fn: Callable[..., Any], args: dict[str, Any], spec: Spec) -> An
             return float(v)
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
-    key = (_TRUSTED.get(fn), repr(sorted(spec.items())))
-    if key[0] is not None and key in _RUNS:
-        return copy.deepcopy(_RUNS[key])
-    out = tidy("", plain(fn(*args.values())))
-    if key[0] is not None:
-        _RUNS[key] = copy.deepcopy(out)
-    return out
+    return tidy("", plain(fn(*args.values())))
 
 
 def claims(spec: Spec, got: Any) -> str | None:

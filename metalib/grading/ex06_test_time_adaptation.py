@@ -30,8 +30,7 @@ Gradients through the outputs are vector-Jacobian products with seeded direction
 
 Tolerances: the engine's (rtol 1e-7, atol 1e-9 in float64; rtol 1e-4, atol 1e-5 in float32),
 except for q5, whose errors must be within 0.02 of the reference's (its measure is next to
-:data:`SWEEP_TOLERANCE`). q5's reference and mistakes are remembered by the content of their
-inputs, so that the grader runs each once per case, not once per answer judged.
+:data:`SWEEP_TOLERANCE`).
 
 References: :func:`eata_loss`, :func:`reference_norm_parameters`, :func:`prior_bn_logits`,
 :func:`dihedral_loss` (on :func:`metalib.tta.rotate_batch`), :func:`prior_sweep`.
@@ -63,17 +62,13 @@ from metalib.grading.question import (
     case,
     plain,
     raises,
+    variants,
 )
 from metalib.nets import Conv4
 
 Spec = dict[str, Any]
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-def _known(bad: Callable[[str], Callable[..., Any]], says: dict[str, str]) -> tuple[Mistake, ...]:
-    """A :class:`Mistake` per ``{variant: what to say}``, made by ``bad(variant)``."""
-    return tuple(Mistake(text, bad(variant)) for variant, text in says.items())
 
 
 def _owner(net: nn.Module, name: str) -> str:
@@ -171,10 +166,8 @@ def eata_case(
     return case(f"{label}, seed {seed}", B=B, C=C, seed=seed, **spec)
 
 
-_bad_eata = lambda variant: partial(_eata, variant=variant)  # noqa: E731
-
-EATA_MISTAKES = _known(
-    _bad_eata,
+EATA_MISTAKES = variants(
+    _eata,
     {
         "unsure": "this kept the unsure samples (H > margin); keep H < margin",
         "attached": (
@@ -580,8 +573,8 @@ def prior_case(model: Spec, B: int, strength: float, seed: int) -> Case:
 _bad_prior = lambda variant: partial(_prior, variant=variant)  # noqa: E731
 
 PRIOR_MISTAKES = (
-    *_known(
-        _bad_prior,
+    *variants(
+        _prior,
         {
             "source": "these are the source model's logits (running statistics only)",
             "swapped": "the weights are swapped: N goes with the source statistics",
@@ -707,10 +700,8 @@ def encoder_spec(kind: str, seed: int, hidden: int = 4, dtype: str = "float32", 
     return {"kind": kind, "seed": seed, "hidden": hidden, "dtype": dtype, **kw}
 
 
-_bad_dihedral = lambda variant: partial(_dihedral, variant=variant)  # noqa: E731
-
-DIHEDRAL_MISTAKES = _known(
-    _bad_dihedral,
+DIHEDRAL_MISTAKES = variants(
+    _dihedral,
     {
         "flip after": (
             "the flip came after the rotation: flip(rot90(x, k)) is rot90(flip(x), -k), so "
@@ -832,43 +823,11 @@ def prior_sweep(
 ) -> dict[float, list[float]]:
     """The test error of :func:`prior_bn_logits` for every prior strength and batch size:
     ``{N: [error with x fed in consecutive batches of b images, for b in batch_sizes]}``."""
-    return _remembered("", (model, x, y, batch_sizes, strengths), _sweep_once)
-
-
-_SWEEPS: dict[tuple, Any] = {}
-
-
-def _remembered(variant: str, args: tuple, compute: Callable[..., Any]) -> Any:
-    """``compute(*args)``, remembered by the content of ``args``: the judge runs the reference
-    (and the mistakes) once per case, not once per answer judged."""
-    model, x, y, sizes, strengths = args
-    tensors = (x, y, *model.state_dict().values())
-    key = (variant, tuple(sizes), tuple(strengths), *(float(t.double().sum()) for t in tensors))
-    if key not in _SWEEPS:
-        _SWEEPS[key] = compute(*args)
-    return copy.deepcopy(_SWEEPS[key])
-
-
-def _sweep_once(model, x, y, batch_sizes, strengths):
-    errors = {}
-    for N in strengths:
-        errors[N] = []
-        for b in batch_sizes:
-            wrong = sum(
-                int((prior_bn_logits(model, x[i : i + b], N).argmax(-1) != y[i : i + b]).sum())
-                for i in range(0, len(x), b)
-            )
-            errors[N].append(wrong / len(x))
-    return errors
+    return _sweep(model, x, y, batch_sizes, strengths)
 
 
 def _sweep(model, x, y, batch_sizes, strengths, variant=""):
-    """The experiment with one known mistake (remembered, as the reference)."""
-    args = (model, x, y, batch_sizes, strengths)
-    return _remembered(variant, args, partial(_sweep_wrong, variant=variant))
-
-
-def _sweep_wrong(model, x, y, batch_sizes, strengths, variant=""):
+    """The experiment, with one known mistake when ``variant`` names it."""
     if variant == "transposed":
         found = _sweep(model, x, y, batch_sizes, strengths)
         return {b: [found[N][j] for N in strengths] for j, b in enumerate(batch_sizes)}
@@ -928,12 +887,6 @@ def claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def check_sweep(spec: Spec, got: Any, want: Any) -> str | None:
-    """The two claims, then the comparison (within :data:`SWEEP_TOLERANCE`)."""
-    claim = claims(spec, got)
-    return COMPARE if claim is None else Q5.compare(spec, got, want, f"{claim or Q5.rule}.")[0]
-
-
 def seed_spread(seeds=range(5), **spec: Any) -> torch.Tensor:
     """The reference experiment's errors on each seed, ``(seeds, strengths, batch sizes)``, for
     the spec of a visible case (``spec`` overrides it): the measure of the tolerance."""
@@ -961,8 +914,6 @@ def sweep_case(seed: int, corruption: str, severity: int, n_test: int, sizes, st
     return case(label, seed=seed, **spec, batch_sizes=sizes, strengths=strengths)
 
 
-_bad_sweep = lambda variant: partial(_sweep, variant=variant)  # noqa: E731
-
 Q5 = Question(
     "q5",
     "prior_sweep",
@@ -971,29 +922,24 @@ Q5 = Question(
     title="experiment: error against prior strength and batch size",
     reference=prior_sweep,
     observe=observe_sweep,
-    check=check_sweep,
+    claims=claims,
     what="the sweep",
     rule="errors[N][j] is the fraction of x misclassified by prior_bn_logits(model, batch, N) "
     "over consecutive batches of batch_sizes[j] images",
     tolerance={"rtol": 0.0, "atol": SWEEP_TOLERANCE},
     seconds=20,  # a case takes about 1 s of CPU (training the source model, then the sweep)
-    mistakes=(
-        Mistake("these are accuracies; return error rates", _bad_sweep("accuracy")),
-        Mistake("these are counts of errors; divide by len(x)", _bad_sweep("count")),
-        Mistake(
-            "every batch size gives the same errors: feed x in consecutive batches of b images",
-            _bad_sweep("one batch"),
-        ),
-        Mistake(
-            "this maps batch sizes to errors; map each prior strength N to its errors, one per "
-            "batch size",
-            _bad_sweep("transposed"),
-        ),
-        Mistake(
-            "every prior strength gives the errors of N = 0: pass N to prior_bn_logits",
-            _bad_sweep("N = 0"),
-        ),
-        Mistake("these are the source model's errors: use prior_bn_logits", _bad_sweep("source")),
+    mistakes=variants(
+        _sweep,
+        {
+            "accuracy": "these are accuracies; return error rates",
+            "count": "these are counts of errors; divide by len(x)",
+            "one batch": "every batch size gives the same errors: feed x in consecutive batches "
+            "of b images",
+            "transposed": "this maps batch sizes to errors; map each prior strength N to its "
+            "errors, one per batch size",
+            "N = 0": "every prior strength gives the errors of N = 0: pass N to prior_bn_logits",
+            "source": "these are the source model's errors: use prior_bn_logits",
+        },
     ),
     visible=(
         sweep_case(0, "blur", 3, 128, [1, 4, 32], [0, 2, 8, 64]),

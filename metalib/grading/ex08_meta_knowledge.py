@@ -52,7 +52,6 @@ from metalib import hypernet, maml, reweight
 from metalib.data.sinusoid import SinusoidFamily
 from metalib.grading import builders, feedback
 from metalib.grading.question import (
-    COMPARE,
     Case,
     Exercise,
     Mistake,
@@ -655,21 +654,6 @@ def _learn(variant: str) -> Callable:
     return learn_inner_lr
 
 
-def observe_numbers(fn: Callable[..., Any], args: Mapping[str, Any], spec: Spec) -> Any:
-    """What came back as plain data, with 0-d tensors as numbers and 1-d tensors as lists."""
-
-    def number(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim() <= 1:
-            return number(v.tolist())
-        if isinstance(v, (list, tuple)):
-            return [number(u) for u in v]
-        if isinstance(v, dict):
-            return {k: number(u) for k, u in v.items()}
-        return v
-
-    return number(plain(fn(*args.values())))
-
-
 # Measured with `.venv/bin/python -c "from metalib.grading.ex08_meta_knowledge import
 # lr_spread; print(lr_spread())"`: over seeds 0-4 (the first visible case's spec) the learned
 # α's standard deviation is 30% of its mean, that of the training losses 14% or more (per
@@ -715,12 +699,6 @@ def lr_claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def check_lr(spec: Spec, got: Any, want: Any) -> str | None:
-    """The claims, then the comparison (within :data:`LR_TOLERANCE`)."""
-    claim = lr_claims(spec, got)
-    return COMPARE if claim is None else Q4.compare(spec, got, want, f"{claim}.")[0]
-
-
 def lr_case(
     seed: int,
     dim: int,
@@ -756,8 +734,8 @@ Q4 = Question(
     lr_inputs,
     title="experiment: learn the inner step size",
     reference=reference_learn_inner_lr,
-    observe=observe_numbers,
-    check=check_lr,
+    observe=builders.numbers,
+    claims=lr_claims,
     what="the experiment's numbers",
     tolerance=LR_TOLERANCE,
     mistakes=tuple(

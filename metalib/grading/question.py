@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,11 @@ class Mistake:
     says: str
     fn: Callable[..., Any]
     when: Callable[[Spec], bool] | None = None
+
+
+def variants(fn: Callable[..., Any], says: Mapping[str, str]) -> tuple[Mistake, ...]:
+    """A :class:`Mistake` per ``{variant: what to say}``: ``fn`` called with ``variant=...``."""
+    return tuple(Mistake(text, functools.partial(fn, variant=v)) for v, text in says.items())
 
 
 def importable(fn: Callable[..., Any]) -> str | None:
@@ -342,6 +348,18 @@ def difference(
 # ------------------------------------------------------------------------- judging
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a while, as in the sandbox: the same rounding (so the same
+    training) in the sandbox and in the grader, and no threads spinning over tiny tensors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def judge_raises(case: Case, out: Any) -> str | None:
     """A case of input the function must refuse with a ``ValueError`` (after a valid one)."""
     if "valid_error" in out:
@@ -372,6 +390,8 @@ class Question:
         check: ``check(spec, got, want) -> message or None``, instead of :func:`difference`
             (properties rather than equality); returning :data:`COMPARE` goes on to the
             comparison and the known mistakes (a check of what they cannot tell).
+        claims: ``claims(spec, got) -> message or None``: what holds whatever the seed (an
+            experiment's), said when an answer differs and no known mistake explains it.
         what: the output's name in messages; ``hints(spec) -> {wrong shape: hint}``.
         rule: what the right answer is, appended to a wrong answer's message.
         pure: whether changing an input in place is wrong; ``changed`` says, per argument,
@@ -391,6 +411,7 @@ class Question:
     mistakes: Sequence[Mistake] = ()
     observe: Callable[..., Any] | None = None
     check: Callable[[Spec, Any, Any], str | None] | None = None
+    claims: Callable[[Spec, Any], str | None] | None = None
     title: str = ""
     what: str = "the result"
     hints: Callable[[Spec], Mapping] | None = None
@@ -400,6 +421,7 @@ class Question:
     tolerance: Mapping[str, float] | None = None
     seconds: float | None = None
     _names: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[tuple, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.points <= 0:
@@ -433,10 +455,16 @@ class Question:
         return resolve(request["probe"])(fn, **copy.deepcopy(request["kwargs"]))
 
     def expected(self, fn: Callable[..., Any], spec: Spec) -> Any:
-        """What :func:`probe` reports for ``fn`` (the reference or a mistake) on ``spec``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return probe(fn, self._names["build"], spec, self._names.get("observe"))["out"]
+        """What :func:`probe` reports for ``fn`` (the reference or a mistake) on ``spec``, on
+        one thread as in the sandbox (the same rounding, so the same training); remembered, so
+        that the judge runs each once per case, not once per answer judged."""
+        key = (fn, repr(sorted(spec.items())))
+        if key not in self._memo:
+            with torch.random.fork_rng(devices=[]), one_thread():
+                torch.manual_seed(0)
+                out = probe(fn, self._names["build"], spec, self._names.get("observe"))["out"]
+            self._memo[key] = out
+        return copy.deepcopy(self._memo[key])
 
     def judge(self, case: Case, output: Any) -> str | None:
         """``None`` when ``output`` (from :meth:`run` or the sandbox) is right, else a message."""
@@ -459,7 +487,8 @@ class Question:
             verdict = self.check(spec, got, want)
             if verdict is not COMPARE:
                 return verdict, None
-        return self.compare(spec, got, want)
+        claim = self.claims(spec, got) if self.claims is not None else None
+        return self.compare(spec, got, want, f"{claim}." if claim else None)
 
     def compare(
         self, spec: Spec, got: Any, want: Any, otherwise: str | None = None
