@@ -195,7 +195,8 @@ def all_cases(name: str, question) -> list:
 
 
 def wrong_answer_fails(name: str, variant: str, qname: str, fn, says: str) -> None:
-    """``fn`` fails a visible case with a message containing ``says``, and fails overall."""
+    """``fn`` fails a visible case with a message containing ``says`` (so it fails overall: the
+    grader runs the visible cases too)."""
     from metalib.grading.feedback import evaluate_cases
 
     question = exercise(name).question(qname)
@@ -204,8 +205,6 @@ def wrong_answer_fails(name: str, variant: str, qname: str, fn, says: str) -> No
     assert not verdict, f"{variant}: passed the visible checks"
     assert any(says in f for f in verdict.failures), f"{variant}: {verdict}"
     assert not any("could not be checked" in f for f in verdict.failures), str(verdict)
-    everything = evaluate_cases(question, all_cases(name, question), fn, references)
-    assert everything.passed < everything.total
 
 
 def right_answer_passes(name: str, qname: str, fn) -> None:
