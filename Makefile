@@ -41,10 +41,14 @@ book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html
 check-book: $(STAMP)  ## Open every book page in headless Chromium: math, widgets, images, links, errors
 	$(BIN)/python tools/check_book.py
 
+# Processes `make test` runs the tests in (pytest-xdist): a 2-core machine keeps both cores busy
+# (the tests pin torch's threads, most to one). A file's tests stay in one process, so nbval runs a
+# notebook's cells in order. TEST_JOBS=0 runs every test in pytest's own process.
+TEST_JOBS ?= 2
 test: $(STAMP)  ## Lint, unit tests, then every chapter and solution notebook executed by nbval
 	$(BIN)/ruff check .
 	$(BIN)/pytest tests chapters solutions --nbval-lax --nbval-current-env \
-	  --nbval-cell-timeout=600 -p no:cacheprovider
+	  --nbval-cell-timeout=600 -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile
 
 test-unit: $(STAMP)  ## Only the unit tests of metalib (fast)
 	$(BIN)/pytest tests -m "not slow" -p no:cacheprovider

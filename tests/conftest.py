@@ -215,3 +215,33 @@ def right_answer_passes(name: str, qname: str, fn) -> None:
     references = exercise(name).references(qname)
     verdict = evaluate_cases(question, all_cases(name, question), fn, references)
     assert verdict, str(verdict)
+
+
+def exercise_tests(name: str, wrong: dict, other: dict | list, other_ids: list | None = None):
+    """The three tests of every ``tests/test_exercise_NN.py``, made from its tables.
+
+    ``wrong``: ``{variant: (question, fn, words)}``: each known wrong answer fails a visible case
+    with a message containing ``words``; every question has one. ``other``: other right answers,
+    ``{id: (question, fn)}`` or ``[(question, fn)]`` with ``other_ids``: each passes every case.
+    Assign the result to the module's three test names so that pytest collects them.
+    """
+    if isinstance(other, dict):
+        other_ids, other = list(other), list(other.values())
+    rows = [(k, *v) for k, v in wrong.items()]
+
+    @pytest.mark.parametrize(("variant", "qname", "fn", "says"), rows, ids=list(wrong))
+    def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
+        wrong_answer_fails(name, variant, qname, fn, says)
+
+    def test_every_question_has_a_wrong_answer():
+        assert {q for q, _, _ in wrong.values()} == {q.name for q in exercise(name).questions}
+
+    @pytest.mark.parametrize(("qname", "fn"), other, ids=other_ids)
+    def test_other_right_answers_pass_every_case(qname, fn):
+        right_answer_passes(name, qname, fn)
+
+    return (
+        test_a_wrong_answer_fails_with_a_helpful_message,
+        test_every_question_has_a_wrong_answer,
+        test_other_right_answers_pass_every_case,
+    )

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import (
     exercise,
-    right_answer_passes,
+    exercise_tests,
     solution,
-    wrong_answer_fails,
 )
 from metalib.grading.feedback import run_case
 from metalib.tasks import FixedEpisodes
@@ -164,17 +162,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _episode_by_keys(data, n_way, k_shot, q_queries, generator):
     """Another right make_episode: argsort of uniform keys, labels shuffled with their images."""
     if k_shot + q_queries > data.per_class or n_way > data.n_classes:
@@ -206,9 +193,11 @@ OTHER = {
 }
 
 
-@pytest.mark.parametrize(("variant", "qname", "fn"), [(k, *v) for k, v in OTHER.items()], ids=str)
-def test_another_right_answer_passes(variant, qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER)
 
 
 def test_a_raised_error_is_feedback_not_a_crash():

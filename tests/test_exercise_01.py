@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import (
     exercise,
+    exercise_tests,
     hidden_cases,
-    right_answer_passes,
     solution,
-    wrong_answer_fails,
 )
 from metalib import train
 from metalib.grading.feedback import run_case
@@ -170,17 +168,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _lrs_by_blocks(model, lr, decay, frozen_blocks):
     """Another right layerwise_lrs: block by block, names rebuilt from each block's own."""
     if frozen_blocks not in range(5) or not decay > 0:
@@ -246,9 +233,11 @@ OTHER = {
 }
 
 
-@pytest.mark.parametrize(("variant", "qname", "fn"), [(k, *v) for k, v in OTHER.items()], ids=str)
-def test_another_right_answer_passes(variant, qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER)
 
 
 def _hidden(qname: str, text: str):

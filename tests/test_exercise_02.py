@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import (
-    exercise,
-    right_answer_passes,
+    exercise_tests,
     solution,
-    wrong_answer_fails,
 )
 from metalib import maml
 
@@ -259,17 +256,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _anil_features_once(model, params, x, y, loss_fn, lr, steps):
     """The body's features computed once (with the graph), the head stepped on them."""
     body, head = _split(params)
@@ -314,6 +300,8 @@ OTHER = [
 OTHER_IDS = ["features once", "torch.func.grad", "Adam by hand", "afresh per setting", "vmap"]
 
 
-@pytest.mark.parametrize(("qname", "fn"), OTHER, ids=OTHER_IDS)
-def test_other_right_answers_pass_every_case(qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER, OTHER_IDS)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import (
-    exercise,
-    right_answer_passes,
-    wrong_answer_fails,
+    exercise_tests,
 )
 from metalib.nets import embed_tasks
 from metalib.tasks import FixedEpisodes
@@ -187,17 +184,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _offset_by_slots(features, labels, n_slots):
     if labels.max() >= n_slots or labels.min() < 0:
         raise ValueError("every label needs a slot: use more slots")
@@ -271,6 +257,8 @@ OTHER = [
 OTHER_IDS = ["eye rows", "task by task", "loops", "loops", "episode by episode"]
 
 
-@pytest.mark.parametrize(("qname", "fn"), OTHER, ids=OTHER_IDS)
-def test_other_right_answers_pass_every_case(qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER, OTHER_IDS)

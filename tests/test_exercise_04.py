@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import (
-    exercise,
-    right_answer_passes,
+    exercise_tests,
     solution,
-    wrong_answer_fails,
 )
 from metalib import protonet
 from metalib.nets import embed_tasks
@@ -169,17 +166,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _refine_per_task(support_features, support_y, unlabelled_features, n_way):
     out = []
     for f, y, u in zip(support_features, support_y, unlabelled_features, strict=True):
@@ -268,6 +254,8 @@ OTHER = [
 OTHER_IDS = ["refine per task", "Mahalanobis by masks", "loss per task", "experiment in batches"]
 
 
-@pytest.mark.parametrize(("qname", "fn"), OTHER, ids=OTHER_IDS)
-def test_other_right_answers_pass_every_case(qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER, OTHER_IDS)

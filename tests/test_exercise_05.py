@@ -5,14 +5,11 @@ from __future__ import annotations
 import copy
 import math
 
-import pytest
 import torch
 
 from conftest import (
-    exercise,
-    right_answer_passes,
+    exercise_tests,
     solution,
-    wrong_answer_fails,
 )
 from metalib.optimizees import torch_curve
 
@@ -206,17 +203,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _features_by_norms(grad, theta, momenta, betas, t, timescales):
     if len(betas) != momenta.shape[0]:
         raise ValueError("one momentum per beta")
@@ -309,6 +295,8 @@ OTHER = [
 OTHER_IDS = ["features by norms", "step on flat rows", "meta-loss by chunks", "race by hand"]
 
 
-@pytest.mark.parametrize(("qname", "fn"), OTHER, ids=OTHER_IDS)
-def test_other_right_answers_pass_every_case(qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER, OTHER_IDS)

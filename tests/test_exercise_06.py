@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import (
-    exercise,
-    right_answer_passes,
+    exercise_tests,
     solution,
-    wrong_answer_fails,
 )
 from metalib import tta
 
@@ -218,17 +216,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _eata_with_where(logits, margin):
     h = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
     with torch.no_grad():
@@ -324,9 +311,11 @@ OTHER_IDS = [
 ]
 
 
-@pytest.mark.parametrize(("qname", "fn"), OTHER, ids=OTHER_IDS)
-def test_other_right_answers_pass_every_case(qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER, OTHER_IDS)
 
 
 def test_the_experiment_claims_hold_on_every_seed_of_every_case():

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import (
-    exercise,
-    right_answer_passes,
+    exercise_tests,
     solution,
-    wrong_answer_fails,
 )
 from metalib import hypernet, maml, reweight
 from metalib.nets import forward_with
@@ -182,17 +179,6 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize(
-    ("variant", "qname", "fn", "says"), [(k, *v) for k, v in WRONG.items()], ids=str
-)
-def test_a_wrong_answer_fails_with_a_helpful_message(variant, qname, fn, says):
-    wrong_answer_fails(NAME, variant, qname, fn, says)
-
-
-def test_every_question_has_a_wrong_answer():
-    assert {q for q, _, _ in WRONG.values()} == {q.name for q in exercise(NAME).questions}
-
-
 def _softmax_weights_by_dot_products(model, params, x, y, val_x, val_y, lr, temperature):
     """g_i = −lr ∇L_val(θ)·∇ℓ_i(θ), each ∇ℓ_i a row of the Jacobian of the batch's losses (a
     batch norm makes ℓ_i depend on the whole batch), then log-softmax."""
@@ -283,6 +269,8 @@ OTHER = [
 OTHER_IDS = ["dot products and log-softmax", "baddbmm", "maml.adapt", "one s and backward"]
 
 
-@pytest.mark.parametrize(("qname", "fn"), OTHER, ids=OTHER_IDS)
-def test_other_right_answers_pass_every_case(qname, fn):
-    right_answer_passes(NAME, qname, fn)
+(
+    test_a_wrong_answer_fails_with_a_helpful_message,
+    test_every_question_has_a_wrong_answer,
+    test_other_right_answers_pass_every_case,
+) = exercise_tests(NAME, WRONG, OTHER, OTHER_IDS)
