@@ -9,7 +9,6 @@ from __future__ import annotations
 from metalib.grading.ex06_test_time_adaptation import (
     dihedral_case,
     eata_case,
-    encoder_spec,
     model_spec,
     prior_case,
     select_case,
@@ -45,11 +44,11 @@ HIDDEN: dict[str, list[Case]] = {
         prior_case(model_spec("mlp", seed=15, dtype="float64"), 32, 3.0, seed=15),
     ],
     "q4": [
-        dihedral_case(encoder_spec("mlp", seed=10), 1, seed=10),
-        dihedral_case(encoder_spec("conv4", seed=11, hidden=8), 5, seed=11),
-        dihedral_case(encoder_spec("conv4", seed=12, image_size=32, dtype="float64"), 2, seed=12),
-        dihedral_case(encoder_spec("mlp", seed=13, hidden=8, dtype="float64"), 6, seed=13),
-        dihedral_case(encoder_spec("conv4", seed=14), 8, seed=14),
+        dihedral_case(model_spec("mlp", seed=10), 1, seed=10),
+        dihedral_case(model_spec("conv4", seed=11, hidden=8), 5, seed=11),
+        dihedral_case(model_spec("conv4", seed=12, image_size=32, dtype="float64"), 2, seed=12),
+        dihedral_case(model_spec("mlp", seed=13, hidden=8, dtype="float64"), 6, seed=13),
+        dihedral_case(model_spec("conv4", seed=14), 8, seed=14),
     ],
     "q5": [
         sweep_case(2, "blur", 4, 128, [1, 2, 16], [0, 1, 4, 32]),

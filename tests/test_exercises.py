@@ -19,7 +19,7 @@ import torch
 from conftest import all_cases, exercise, fresh_solution, hidden_cases, solution
 from metalib.grading import ex00_tasks, ex01_finetuning, registry
 from metalib.grading.feedback import evaluate_cases, run_case
-from metalib.grading.question import find_probe
+from metalib.grading.question import difference, find_probe
 
 NAMES = sorted(registry.builtin_exercises())
 QUESTIONS = [(name, q.name) for name in NAMES for q in exercise(name).questions]
@@ -125,3 +125,13 @@ def test_each_question_is_graded_on_its_own():
     alone = evaluate_cases(question, question.visible, make_episode)  # no references given
     assert not alone and "q1's hint" in alone.failures[0]
     assert namespace["sample_classes"] is stub  # the student's own function is put back
+
+
+def test_a_dict_part_can_have_its_own_tolerance():
+    want = {"pixels": [0.5, 0.25], "trained": [0.75]}
+    got = {"pixels": [0.51, 0.25], "trained": [0.79]}
+    loose = {"rtol": 0.0, "atol": 0.05}
+    assert difference(got, want, "acc", {}, loose) is None
+    tight = {**loose, "pixels": {"rtol": 0.0, "atol": 0.005}}
+    assert difference(got, want, "acc", {}, tight) == "acc['pixels'][0]: expected 0.5, got 0.51"
+    assert difference({**got, "pixels": [0.5, 0.25]}, want, "acc", {}, tight) is None

@@ -566,9 +566,10 @@ def _table(data, ways, shots, q_queries, n_episodes, variant=""):
             nearest = d.argmax(-1) if variant == "farthest" else d.argmin(-1)
             hits = (ep.support_y.gather(1, nearest) == truth).double()  # (T, queries)
             per_episode = hits.mean(1)
-            spread = {"pooled": hits.flatten().std() / hits.numel() ** 0.5}.get(
-                variant, per_episode.std() / n_episodes**0.5
-            )
+            if variant == "pooled":  # every query a sample, not every episode
+                spread = hits.flatten().std() / hits.numel() ** 0.5
+            else:
+                spread = per_episode.std() / n_episodes**0.5
             z = {"no z": 1.0, "std": 1.96 * n_episodes**0.5}.get(variant, 1.96)
             scale = 100.0 if variant == "percent" else 1.0
             accuracy[-1].append(scale * float(per_episode.mean()))

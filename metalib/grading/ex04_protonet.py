@@ -48,13 +48,11 @@ from metalib import protonet
 from metalib.data.base import ImageClasses
 from metalib.grading import builders, feedback
 from metalib.grading.question import (
-    COMPARE,
     Case,
     Exercise,
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -660,46 +658,12 @@ def claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def _tolerance(spec: Spec, curve: str) -> dict[str, float]:
+def tolerance(spec: Spec) -> dict[str, Any]:
     """Trained curves within :data:`SHOTS_TOLERANCE`; the rest (pixel_nn, and every curve when
     nothing is trained) within :data:`EXACT_TOLERANCE`."""
-    trained = spec["steps"] > 0 and curve != "pixel_nn"
-    return {"rtol": 0.0, "atol": SHOTS_TOLERANCE if trained else EXACT_TOLERANCE}
-
-
-def _difference(spec: Spec, got: Any, want: Any) -> str | None:
-    """:func:`difference` with each curve's own tolerance (:func:`_tolerance`)."""
-    wrong = difference(got, want, "the accuracies", {}, {"rtol": 0.0, "atol": SHOTS_TOLERANCE})
-    if wrong is not None:
-        return wrong
-    for c in CURVES:
-        if wrong := difference(got[c], want[c], f"the accuracies[{c!r}]", {}, _tolerance(spec, c)):
-            return wrong
-    return None
-
-
-def _judged(spec: Spec, got: Any, want: Any, otherwise: str | None) -> str | None:
-    """:func:`_difference`, then the known mistakes, then ``otherwise`` (a claim) or the rule."""
-    wrong = _difference(spec, got, want)
-    if wrong is None:
-        return None
-    for mistake in Q4.mistakes:
-        if mistake.when is None or mistake.when(spec):
-            if _difference(spec, got, Q4.expected(mistake.fn, spec)) is None:
-                return f"{wrong}: {mistake.says}. {Q4.rule}."
-    return f"{wrong}; {otherwise}. {Q4.rule}." if otherwise else f"{wrong}. {Q4.rule}."
-
-
-def check_experiment(spec: Spec, got: Any, want: Any) -> str | None:
-    """Pass within each curve's tolerance; a difference beyond :data:`SHOTS_TOLERANCE` and no
-    broken claim go on to the engine's comparison (which names the known mistake), anything
-    else (a broken claim, an untrained curve off by more than :data:`EXACT_TOLERANCE`) is
-    judged here."""
-    claim = claims(spec, got)
-    if claim is None and _difference(spec, got, want) is None:
-        return None
-    loose = difference(got, want, "the accuracies", {}, {"rtol": 0.0, "atol": SHOTS_TOLERANCE})
-    return COMPARE if claim is None and loose is not None else _judged(spec, got, want, claim)
+    loose, exact = {"rtol": 0.0, "atol": SHOTS_TOLERANCE}, {"rtol": 0.0, "atol": EXACT_TOLERANCE}
+    trained = lambda c: spec["steps"] > 0 and c != "pixel_nn"  # noqa: E731
+    return {**loose, **{c: loose if trained(c) else exact for c in CURVES}}
 
 
 def seed_spread(case: int = 0, seeds=range(5), **spec: Any) -> torch.Tensor:
@@ -761,12 +725,12 @@ Q4 = Question(
     title="experiment: pixels, ProtoNet and refined prototypes from 1 to 10 shots",
     reference=reference_shots_experiment,
     observe=observe_experiment,
-    check=check_experiment,
+    claims=claims,
     what="the accuracies",
     rule="acc[curve][K] is the mean query accuracy over FixedEpisodes(test, n_way, K, 5, "
     "n_episodes, seed) after meta-training a copy of the encoder for `steps` 1-shot episodes "
     "drawn by sample_episodes(train, n_way, 1, 5, 1, torch.Generator().manual_seed(seed))",
-    tolerance={"rtol": 0.0, "atol": SHOTS_TOLERANCE},
+    tolerance=tolerance,
     seconds=20,
     changed={"encoder": "meta-train a copy of it (copy.deepcopy(encoder)), not the caller's own"},
     mistakes=(

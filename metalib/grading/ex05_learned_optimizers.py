@@ -49,13 +49,11 @@ from metalib import optimizees
 from metalib.grading import feedback
 from metalib.grading.builders import generator, vjp
 from metalib.grading.question import (
-    COMPARE,
     Case,
     Exercise,
     Mistake,
     Question,
     case,
-    difference,
     plain,
     raises,
 )
@@ -575,18 +573,6 @@ def claims(spec: Spec, got: Any) -> str | None:
     return None
 
 
-def check_race(spec: Spec, got: Any, want: Any) -> str | None:
-    """The claims, then the comparison (within :data:`RACE_TOLERANCE`) and the mistakes."""
-    claim = claims(spec, got)
-    if claim is None:
-        return COMPARE
-    wrong = difference(got, want, Q4.what, {}, Q4.tolerance)
-    for mistake in Q4.mistakes if wrong else ():
-        if difference(got, Q4.expected(mistake.fn, spec), Q4.what, {}, Q4.tolerance) is None:
-            return f"{wrong}: {mistake.says}. {Q4.rule}."
-    return f"{wrong}; {claim}." if wrong else f"{claim}."
-
-
 def seed_spread(case: int = 0, seeds=range(5), **spec: Any) -> torch.Tensor:
     """The reference's numbers ``(seeds, 2·len(lrs) + 2)`` (SGD's, Adam's, untrained,
     meta-trained) for the spec of q4's visible case ``case`` (``spec`` overrides it), with the
@@ -639,7 +625,7 @@ Q4 = Question(
     title="experiment: tuned SGD and Adam against a meta-trained MLP optimizer",
     reference=reference_optimizer_race,
     observe=observe_race,
-    check=check_race,
+    claims=claims,
     what="the result",
     hints=lambda s: {(len(s["lrs"]), 1): "one final loss per learning rate, a flat list"},
     rule="result['sgd'][i], result['adam'][i]: the mean test loss after `steps` steps of SGD, "

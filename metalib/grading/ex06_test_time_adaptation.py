@@ -696,10 +696,6 @@ def dihedral_case(encoder: Spec, B: int, seed: int) -> Case:
     return case(label, encoder=encoder, B=B, seed=seed)
 
 
-def encoder_spec(kind: str, seed: int, hidden: int = 4, dtype: str = "float32", **kw: Any) -> Spec:
-    return {"kind": kind, "seed": seed, "hidden": hidden, "dtype": dtype, **kw}
-
-
 DIHEDRAL_MISTAKES = variants(
     _dihedral,
     {
@@ -742,9 +738,9 @@ Q4 = Question(
     "mean cross-entropy of head(encoder(all 8B images, one batch))",
     mistakes=DIHEDRAL_MISTAKES,
     visible=(
-        dihedral_case(encoder_spec("mlp", seed=0), 2, seed=0),
-        dihedral_case(encoder_spec("conv4", seed=1), 3, seed=1),
-        dihedral_case(encoder_spec("conv4", seed=2, dtype="float64"), 4, seed=2),
+        dihedral_case(model_spec("mlp", seed=0), 2, seed=0),
+        dihedral_case(model_spec("conv4", seed=1), 3, seed=1),
+        dihedral_case(model_spec("conv4", seed=2, dtype="float64"), 4, seed=2),
     ),
 )
 

@@ -273,6 +273,11 @@ def show(t: torch.Tensor, limit: int = 4) -> str:
     return f"[{', '.join(text)}{', ...' if t.numel() > limit else ''}]"
 
 
+def _limits(tol: Mapping) -> dict[str, float]:
+    """``tol``'s own ``rtol`` and ``atol`` (not those it gives a dict's keys)."""
+    return {k: v for k, v in tol.items() if k in ("rtol", "atol")}
+
+
 def difference(
     got: Any, want: Any, what: str = "the result", hints: Mapping = {}, tol: Mapping | None = None
 ) -> str | None:
@@ -281,6 +286,8 @@ def difference(
     Tensors must have ``want``'s shape and dtype and its values within :func:`tolerance`;
     dicts the same keys, sequences the same length, numbers the same value (floats within
     tolerance), anything else be equal. ``hints`` maps a wrong shape to what it suggests.
+    ``tol`` (``{"rtol": ..., "atol": ...}``) may give a key of a dict its own tolerance:
+    ``{"rtol": 0, "atol": 0.05, "pixels": {"rtol": 0, "atol": 0.005}}``.
     """
     if isinstance(want, torch.Tensor):
         if not isinstance(got, torch.Tensor):
@@ -295,7 +302,7 @@ def difference(
             bad = got != want
         else:
             scale = float(want.abs().nan_to_num(0, 0, 0).max()) if want.numel() else 1.0
-            limits = tolerance(want.dtype, scale) if tol is None else dict(tol)
+            limits = tolerance(want.dtype, scale) if tol is None else _limits(tol)
             bad = ~torch.isclose(got, want, **limits, equal_nan=True)
         if not bad.any():
             return None
@@ -319,8 +326,13 @@ def difference(
             return f"{what} has no {missing[0]!r}"
         if extra:
             return f"{what} has {extra[0]!r}, which is not expected"
+        part = lambda k: tol[k] if tol is not None and isinstance(tol.get(k), Mapping) else tol  # noqa: E731
         return next(
-            (d for k in want if (d := difference(got[k], want[k], f"{what}[{k!r}]", hints, tol))),
+            (
+                d
+                for k in want
+                if (d := difference(got[k], want[k], f"{what}[{k!r}]", hints, part(k)))
+            ),
             None,
         )
     if isinstance(want, (list, tuple)):
@@ -337,7 +349,7 @@ def difference(
             None,
         )
     if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        limits = tolerance(torch.float32) if tol is None else dict(tol)
+        limits = tolerance(torch.float32) if tol is None else _limits(tol)
         ok = torch.isclose(torch.tensor(float(got)), torch.tensor(want), **limits)
         return None if ok else f"{what}: expected {want:.6g}, got {float(got):.6g}"
     if got != want or type(got) is not type(want):
@@ -396,7 +408,8 @@ class Question:
         rule: what the right answer is, appended to a wrong answer's message.
         pure: whether changing an input in place is wrong; ``changed`` says, per argument,
             what to do instead (default: "leave the inputs as they are").
-        tolerance: ``{"rtol": ..., "atol": ...}`` for every float, instead of :func:`tolerance`.
+        tolerance: ``{"rtol": ..., "atol": ...}`` for every float, instead of :func:`tolerance`
+            (see :func:`difference` for a tolerance per part), or ``tolerance(spec)`` giving it.
         seconds: the time limit of each of its cases (an experiment's sweep), instead of the
             grader's ``--case-timeout``.
     """
@@ -418,7 +431,7 @@ class Question:
     rule: str = ""
     pure: bool = True
     changed: Mapping[str, str] = field(default_factory=dict)
-    tolerance: Mapping[str, float] | None = None
+    tolerance: Mapping[str, Any] | Callable[[Spec], Mapping[str, Any]] | None = None
     seconds: float | None = None
     _names: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     _memo: dict[tuple, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -497,14 +510,15 @@ class Question:
         hints and tolerance, then its known mistakes, then ``otherwise`` (what a ``check`` found
         that the comparison cannot see) or the rule."""
         hints = self.hints(spec) if self.hints else {}
-        wrong = difference(got, want, self.what, hints, self.tolerance)
+        tol = self.tolerance(spec) if callable(self.tolerance) else self.tolerance
+        wrong = difference(got, want, self.what, hints, tol)
         if wrong is None:
             return None, None
         rule = f" {self.rule}." if self.rule else ""
         for mistake in self.mistakes:
             if mistake.when is None or mistake.when(spec):
                 guess = self.expected(mistake.fn, spec)
-                if difference(got, guess, self.what, {}, self.tolerance) is None:
+                if difference(got, guess, self.what, {}, tol) is None:
                     return f"{wrong}: {mistake.says}.{rule}", mistake.says
         if otherwise:
             return f"{wrong}; {otherwise}", None
