@@ -4,7 +4,6 @@ what it reads back from an executed notebook, its time limit, and the reports it
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,9 +30,18 @@ def _notebook(path: Path, *cells: tuple[str, list[str]]) -> Path:
     return path
 
 
-def _kernels() -> int:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return sum("ipykernel_launcher" in line for line in out.splitlines())
+def _kernels(tag: str) -> int:
+    """Running kernels whose environment holds ``tag`` (this test's, not another test process's:
+    an orphaned kernel keeps its environment, but not its parent)."""
+    found = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes()
+            env = (proc / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found += b"ipykernel_launcher" in args and tag.encode() in env
+    return found
 
 
 @pytest.mark.slow
@@ -59,10 +67,11 @@ def test_execute_reads_errors_and_glued_values(tmp_path):
 @pytest.mark.slow
 def test_a_notebook_past_its_limit_is_stopped_with_its_kernel(tmp_path):
     path = _notebook(tmp_path / "slow.ipynb", ("import time\ntime.sleep(60)", []))
-    before = _kernels()
-    result = notebook_run.run_in_process(path, dict(os.environ), timeout=120, limit=8)
+    tag = f"METALIB_TEST_KERNEL={tmp_path.name}"
+    env = {**os.environ, "METALIB_TEST_KERNEL": tmp_path.name}
+    result = notebook_run.run_in_process(path, env, timeout=120, limit=8)
     assert result.problem == "stopped at the limit of 8 s" and 8 <= result.seconds < 30
-    assert _kernels() == before
+    assert _kernels(tag) == 0
 
 
 @pytest.mark.parametrize(
