@@ -57,7 +57,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from metalib.maml import MAMLConfig, meta_gradient  # noqa: E402
-from metalib.nets import BatchStatNorm2d, Conv4, forward_with, fused_batch_norm  # noqa: E402
+from metalib.nets import BatchStatNorm2d, Conv4, forward_with, with_batch_norm_kernel  # noqa: E402
 from metalib.runtime import (  # noqa: E402
     device,
     device_peak_mb,
@@ -143,6 +143,8 @@ def ablation_loop(
     """The per-task meta-gradient written out with each candidate speed-up as a switch."""
     leaves, n = list(params.values()), len(episode)
     total, losses = [torch.zeros_like(v) for v in leaves], []
+    inner_net = with_batch_norm_kernel(net, fused=fused and first_order)
+    query_net = with_batch_norm_kernel(net, fused=fused)
     for t in range(n):
         sx, qx, theta = episode.support_x[t], episode.query_x[t], params
         if channels_last:  # images and conv weights; empty_like: even for one channel
@@ -152,22 +154,20 @@ def ablation_loop(
         sy = episode.support_y[t]
 
         def support_loss(p, sx=sx, sy=sy):
-            return F.cross_entropy(forward_with(net, p, sx), sy)
+            return F.cross_entropy(forward_with(inner_net, p, sx), sy)
 
         fast = theta
-        with fused_batch_norm(fused and first_order):
-            for _ in range(steps):
-                if inner == "func":
-                    g = grad(support_loss)(fast)
-                else:
-                    out = torch.autograd.grad(
-                        support_loss(fast), list(fast.values()), create_graph=not first_order
-                    )
-                    g = dict(zip(fast, out, strict=True))
-                g = {k: v.detach() for k, v in g.items()} if first_order else g
-                fast = {k: w - INNER_LR * g[k] for k, w in fast.items()}
-        with fused_batch_norm(fused):
-            loss = F.cross_entropy(forward_with(net, fast, qx), episode.query_y[t]) / n
+        for _ in range(steps):
+            if inner == "func":
+                g = grad(support_loss)(fast)
+            else:
+                out = torch.autograd.grad(
+                    support_loss(fast), list(fast.values()), create_graph=not first_order
+                )
+                g = dict(zip(fast, out, strict=True))
+            g = {k: v.detach() for k, v in g.items()} if first_order else g
+            fast = {k: w - INNER_LR * g[k] for k, w in fast.items()}
+        loss = F.cross_entropy(forward_with(query_net, fast, qx), episode.query_y[t]) / n
         if one_backward:
             losses.append(loss)
         else:

@@ -3,17 +3,19 @@
 :func:`compare` meta-trains each method of :data:`metalib.methods.REGISTRY` on Glyphs' training
 scripts and scores it on the *same* fixed test episodes (one :class:`~metalib.tasks.FixedEpisodes`
 per shot setting, from one seed), one task at a time, measuring the adaptation time per task and
-the peak memory of adaptation. Meta-training is cached on disk under a key made of every metalib
-source file, the method's name and settings, torch's version and the device type, so a result
-produced by other code or other settings is never shown; a cached row reports the training time
+the peak memory of adaptation. Meta-training is cached on disk under a key made of the source
+of every metalib module the learners run (:func:`source_files`), the method's name and settings,
+the training data, torch's version and the device type, so a result produced by other code or
+other settings is never shown; a cached row reports the training time
 of the run that trained it (``cached=True``).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
-import ctypes
 import dataclasses
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +31,6 @@ from metalib import runtime
 from metalib.data import cache as disk
 from metalib.data.base import ImageClasses
 from metalib.features import FeatureClasses, embed_classes
-from metalib.nets import fused_batch_norm
 from metalib.tasks import Episode, FixedEpisodes
 from metalib.train import accuracy, mean_ci95
 
@@ -94,9 +95,34 @@ class Comparison:
                 writer.writerow(dataclasses.asdict(r))
 
 
-def source_files() -> list[Path]:
-    """Every metalib source file, in a fixed order: the code part of each cache key."""
-    return sorted(ROOT.rglob("*.py"))
+def source_files(module: str = "metalib.compare") -> list[Path]:
+    """The files of ``module`` and of every metalib module it imports, directly or not (found by
+    reading their ``import`` statements), in a fixed order: the code part of each cache key.
+
+    For this module that is the learners, their networks, data and training loops, and not the
+    rest of metalib (the grader, the plots, the chapters' widgets), whose edits cannot change a
+    trained learner.
+    """
+    package = ROOT.parent
+    todo, files = [module], set()
+    while todo:
+        parts = todo.pop().split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # packages' __init__ run too
+        candidates = (
+            package.joinpath(*parts).with_suffix(".py"),
+            package.joinpath(*parts, "__init__.py"),
+        )
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None or path in files:  # not a module (a class, a function), or read already
+            continue
+        files.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == "metalib"]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metalib"):
+                # `from metalib import maml` names a module; `from metalib.nets import Conv4` not
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return sorted(files)
 
 
 def source_digest(sources: Sequence[Path] | None = None) -> str:
@@ -140,39 +166,23 @@ def _cached_training(
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak memory above the starting level while ``fn()`` runs, in MB; ``None`` if unknown.
+    """Peak memory held by the tensors ``fn()`` allocates, above what was held before, in MB.
 
-    An accelerator: its allocator's peak (:func:`metalib.runtime.device_peak_mb`). The CPU on
-    Linux: the peak resident set (VmHWM, reset through ``/proc/self/clear_refs`` as
-    ``benchmarks/maml_speed.py`` does) above the RSS before, with glibc told to return every
-    freed block of 64 kB or more to the system at once (and trimmed first), so that memory kept by
-    the allocator neither hides nor inflates the peak. glibc's threshold is left fixed at 32 MB
-    afterwards (its dynamic maximum). Elsewhere: ``None``.
+    An accelerator: its allocator's peak (:func:`metalib.runtime.device_peak_mb`; ``None`` where
+    the device keeps no statistics). The CPU: torch's profiler records every allocation and free
+    of a tensor (``profile_memory=True``); the peak of their running sum, each operation's own
+    allocations counted when it starts. The same quantity as on a GPU, on every operating system,
+    and deterministic: what the C library's allocator keeps or returns to the system plays no part
+    (the process's resident memory would count it).
     """
     if device.type != "cpu":
         return runtime.device_peak_mb(fn, device)
-    status, refs = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        libc = None
-    if not status.exists() or not refs.exists() or libc is None:
-        return None
-
-    def kb(field: str) -> int:
-        line = next(x for x in status.read_text().splitlines() if x.startswith(field + ":"))
-        return int(line.split()[1])
-
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 64 * 1024)
-    try:
-        libc.malloc_trim(0)
-        refs.write_text("5")  # resets VmHWM (the peak RSS) to the current RSS
-        before = kb("VmRSS")
+    activity = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activity, profile_memory=True) as prof:
         fn()
-        return max(kb("VmHWM") - before, 0) / 1024
-    finally:
-        libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    held = itertools.accumulate(e.self_cpu_memory_usage for e in events)
+    return max(0, max(held, default=0)) / 2**20
 
 
 def compare(
@@ -265,8 +275,7 @@ def compare(
         key = (repr(sorted(settings.items())), split.name)
         if key not in embedded:
             start = time.perf_counter()
-            with fused_batch_norm():
-                f = embed_classes(split, backbone(settings)[0].body)
+            f = embed_classes(split, backbone(settings)[0].body)
             embedded[key] = (f, time.perf_counter() - start)
         return embedded[key]
 
@@ -350,7 +359,7 @@ def _evaluate(
 
     def embed(images: Episode) -> None:
         if encoder is not None:
-            with torch.no_grad(), fused_batch_norm():
+            with torch.no_grad():
                 encoder(torch.cat([images.support_x[0], images.query_x[0]]))
 
     def adapt(images: Episode, ep: Episode) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from metalib.nets import forward_with, fused_batch_norm
+from metalib.nets import forward_with, with_batch_norm_kernel
 from metalib.tasks import Episode
 from metalib.train import accuracy
 
@@ -211,20 +211,19 @@ def _fast_query_outputs(
     ``benchmarks/maml_speed.py``: images and convolution weights go in channels-last memory,
     where oneDNN's convolutions and max-pooling are several times faster than on the default
     layout (and no weight is converted back and forth on every call), and the batch norm uses
-    PyTorch's fused kernel (:func:`metalib.nets.fused_batch_norm`) wherever no second
-    derivative passes through it -- the query forward, and the support forwards of first-order
-    MAML. Second-order support forwards keep the plain operations: the fused kernel's double
-    backward is slower.
+    PyTorch's fused kernel wherever no second derivative passes through it -- the query forward,
+    and the support forwards of first-order MAML. Second-order support forwards keep the plain
+    operations: the fused kernel's double backward is slower. The kernels are chosen here,
+    whatever ``model`` was built with (:func:`metalib.nets.with_batch_norm_kernel`).
     """
     support_x, query_x = _channels_last(support_x), _channels_last(query_x)
     params = {k: _channels_last(v) for k, v in params.items()}  # differentiable copies
     steps, lr = config.inner_steps, config.inner_lr if lr is None else lr
     if isinstance(lr, dict):  # step sizes in the layout of their weights
         lr = {k: _channels_last(v) for k, v in lr.items()}
-    with fused_batch_norm(config.first_order):
-        fast = adapt(model, params, support_x, support_y, loss_fn, steps, lr, config.first_order)
-    with fused_batch_norm():
-        return forward_with(model, fast, query_x)
+    inner = with_batch_norm_kernel(model, fused=config.first_order)
+    fast = adapt(inner, params, support_x, support_y, loss_fn, steps, lr, config.first_order)
+    return forward_with(with_batch_norm_kernel(model, fused=True), fast, query_x)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -261,14 +260,17 @@ def episode_outputs(
         ``(T, n_q, ...)``, e.g. logits ``(T, N*Q, N)``.
     """
     _check_params(params)
+    e = episode
+    if config.fast_loop and not _vectorise(config, e):
+        per_task = _fast_query_outputs
+    else:  # vmap needs the plain batch-norm kernel; so does the plain loop, the reference
+        model, per_task = with_batch_norm_kernel(model, fused=False), query_outputs
 
     def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
         return query_outputs(model, params, sx, sy, qx, loss_fn, config, lr)
 
-    e = episode
     if _vectorise(config, e):
         return vmap(one)(e.support_x, e.support_y, e.query_x)
-    per_task = _fast_query_outputs if config.fast_loop else query_outputs
     return torch.stack(
         [
             per_task(
@@ -430,12 +432,13 @@ def reptile_step(
     x = torch.cat([e.support_x, e.query_x], dim=1)
     y = torch.cat([e.support_y, e.query_y], dim=1)
     theta = {k: v.detach() for k, v in model.named_parameters()}
+    plain = with_batch_norm_kernel(model, fused=False)  # the kernel vmap handles right
 
     def one(xi: torch.Tensor, yi: torch.Tensor) -> Params:
-        return adapt(model, theta, xi, yi, loss_fn, inner_steps, inner_lr, first_order=True)
+        return adapt(plain, theta, xi, yi, loss_fn, inner_steps, inner_lr, first_order=True)
 
     def loss_at_theta(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return loss_fn(forward_with(model, theta, xi), yi)
+        return loss_fn(forward_with(plain, theta, xi), yi)
 
     with torch.no_grad():
         before = vmap(loss_at_theta)(x, y)
@@ -493,6 +496,7 @@ def adaptation_curve(
     params = {k: v.detach() for k, v in params.items()}
     if isinstance(lr, dict):
         lr = {k: v.detach() for k, v in lr.items()}
+    model = with_batch_norm_kernel(model, fused=False)  # the kernel vmap handles right
 
     def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
         losses, fast = [], params

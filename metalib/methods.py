@@ -27,7 +27,7 @@ from metalib.blackbox import BlackBoxClassifier, SequenceLearner, spread_labels
 from metalib.data.base import ImageClasses
 from metalib.features import FeatureClasses
 from metalib.finetune import FinetuneConfig, PretrainConfig, finetune, pretrain
-from metalib.nets import Conv4, fused_batch_norm
+from metalib.nets import Conv4
 from metalib.protonet import ProtoNet, pixel_nearest_neighbour
 from metalib.runtime import Budget
 from metalib.tasks import Episode, sample_episodes
@@ -76,8 +76,12 @@ def backbone_settings(budget: Budget) -> Settings:
 
 
 def build_backbone(settings: Settings, data: ImageClasses, device: torch.device) -> nn.Module:
-    """An untrained backbone of the shared shape, channels-last (the fastest layout on a CPU)."""
-    net = Conv4(n_classes=data.n_classes, hidden=settings["hidden"], image_size=data.image_size)
+    """An untrained backbone of the shared shape, built for speed on a CPU: channels-last memory
+    and the fused batch-norm kernel (it never runs under ``vmap``)."""
+    size = data.image_size
+    net = Conv4(
+        n_classes=data.n_classes, hidden=settings["hidden"], image_size=size, fused_norm=True
+    )
     return net.to(device, memory_format=torch.channels_last)
 
 
@@ -87,16 +91,15 @@ def train_backbone(
     """Pre-train the shared backbone (:func:`metalib.finetune.pretrain`) on ``device``."""
     net = build_backbone(settings, data, device)
     config = PretrainConfig(steps=settings["steps"], batch_size=128, lr=settings["lr"])
-    with fused_batch_norm():
-        pretrain(net, data, config, generator)
+    pretrain(net, data, config, generator)
     return net
 
 
 def _conv4(settings: Settings, inputs: Inputs) -> nn.Module:
+    """MAML's network; its inner loop picks the batch-norm kernels it needs per phase."""
     size = inputs.train.image_size
-    return Conv4(n_classes=settings["n_way"], hidden=settings["hidden"], image_size=size).to(
-        inputs.device, memory_format=torch.channels_last
-    )
+    net = Conv4(settings["n_way"], hidden=settings["hidden"], image_size=size, fused_norm=True)
+    return net.to(inputs.device, memory_format=torch.channels_last)
 
 
 # --- non-parametric -----------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def _predict_pixel_nn(model: nn.Module, settings: Settings, episode: Episode) ->
 
 def _build_protonet(settings: Settings, inputs: Inputs) -> nn.Module:
     size = inputs.train.image_size
-    encoder = Conv4(hidden=settings["hidden"], image_size=size).body
+    encoder = Conv4(hidden=settings["hidden"], image_size=size, fused_norm=True).body
     return ProtoNet(encoder, "euclidean").to(inputs.device, memory_format=torch.channels_last)
 
 
@@ -121,10 +124,9 @@ def _train_protonet(settings: Settings, inputs: Inputs, generator: torch.Generat
 
     def step(_: int) -> dict[str, float]:
         ep = sample_episodes(inputs.train, settings["train_way"], 1, 5, 1, generator)
-        with fused_batch_norm():
-            loss, _acc = episode_loss(net, ep.to(inputs.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+        loss, _acc = episode_loss(net, ep.to(inputs.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
         opt.step()
         sched.step()
         return {"loss": loss.item()}
@@ -134,7 +136,7 @@ def _train_protonet(settings: Settings, inputs: Inputs, generator: torch.Generat
 
 
 def _predict_episodic(model: nn.Module, settings: Settings, episode: Episode) -> torch.Tensor:
-    with torch.no_grad(), fused_batch_norm():
+    with torch.no_grad():
         return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
 
 
@@ -152,7 +154,7 @@ def _predict_finetune(model: nn.Module, settings: Settings, episode: Episode) ->
         g = torch.Generator().manual_seed(0)
         sx, sy = episode.support_x[t], episode.support_y[t]
         net = finetune(model, sx, sy, episode.n_way, _finetune_config(settings), g)
-        with torch.no_grad(), fused_batch_norm():
+        with torch.no_grad():
             out.append(net(episode.query_x[t]))
     return torch.stack(out)
 
@@ -178,8 +180,8 @@ def _train_reptile(settings: Settings, inputs: Inputs, generator: torch.Generato
     """Reptile (Nichol et al., 2018): SGD on each task's data, then a step towards its weights.
 
     The outer step falls linearly from 1 to 0, as in the paper and chapter 2's sinusoids. The
-    tasks run one after another through :func:`metalib.maml.adapt` under the fused batch norm,
-    then :func:`metalib.maml.reptile_update`: on a CPU this is several times faster than
+    tasks run one after another through :func:`metalib.maml.adapt` (the network's fused batch
+    norm), then :func:`metalib.maml.reptile_update`: on a CPU this is several times faster than
     :func:`metalib.maml.reptile_step`, which vectorises over the tasks (``torch.func.vmap``).
     """
     net = _conv4(settings, inputs)
@@ -191,20 +193,19 @@ def _train_reptile(settings: Settings, inputs: Inputs, generator: torch.Generato
         x = torch.cat([ep.support_x, ep.query_x], dim=1)  # Reptile uses all of a task's data
         y = torch.cat([ep.support_y, ep.query_y], dim=1)
         theta = {k: v.detach() for k, v in net.named_parameters()}
-        with fused_batch_norm():
-            adapted = [
-                maml.adapt(
-                    net,
-                    theta,
-                    xi,
-                    yi,
-                    F.cross_entropy,
-                    settings["inner_steps"],
-                    settings["inner_lr"],
-                    first_order=True,
-                )
-                for xi, yi in zip(x, y, strict=True)
-            ]
+        adapted = [
+            maml.adapt(
+                net,
+                theta,
+                xi,
+                yi,
+                F.cross_entropy,
+                settings["inner_steps"],
+                settings["inner_lr"],
+                first_order=True,
+            )
+            for xi, yi in zip(x, y, strict=True)
+        ]
         stacked = {k: torch.stack([a[k] for a in adapted]) for k in theta}
         new = maml.reptile_update(theta, stacked, outer_lr=1.0 - i / steps)
         moved = sum((new[k] - theta[k]).square().sum() for k in theta).sqrt().item()

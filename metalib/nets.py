@@ -15,46 +15,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_FUSED_BATCH_NORM: ContextVar[bool] = ContextVar("metalib_fused_batch_norm", default=False)
-
-
-@contextmanager
-def fused_batch_norm(enabled: bool = True) -> Iterator[None]:
-    """Let :class:`BatchStatNorm2d` use PyTorch's fused kernel inside this block (never under vmap).
-
-    The fused kernel (``F.batch_norm(training=True)``: one pass for the statistics, one for the
-    output, one fused backward) gives the same values and gradients as the plain operations, up
-    to rounding (in float32 on channels-last tensors its sums round a few times more), and is
-    several times faster on a CPU. Its double backward is right too, but under
-    ``torch.func.vmap`` its batching rule is wrong (functorch issue #534), so inside ``vmap`` the
-    plain operations run whatever this switch says. A scoped switch like ``torch.no_grad()``:
-    the per-task path of :mod:`metalib.maml` turns it on where no second derivative passes
-    through the batch norm (where one does, the plain operations are faster).
-
-    Args:
-        enabled: ``False`` forces the plain operations inside the block (blocks nest).
-    """
-    token = _FUSED_BATCH_NORM.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _FUSED_BATCH_NORM.reset(token)
-
-
-def _under_vmap() -> bool:
-    # torch.func keeps a stack of the active transforms (grad, vmap, ...); no public API asks it
-    stack = torch._C._functorch.get_interpreter_stack()
-    return bool(stack) and any(
-        level.key() == torch._C._functorch.TransformType.Vmap for level in stack
-    )
 
 
 class BatchStatNorm2d(nn.BatchNorm2d):
@@ -65,17 +30,36 @@ class BatchStatNorm2d(nn.BatchNorm2d):
     itself: backpropagating through ``torch.func.vmap`` of a second-order inner loop over
     ``nn.BatchNorm2d`` gives a wrong meta-gradient, silently (its fused double backward has a
     faulty batching rule; functorch issue #534). Written out, autograd derives it correctly.
-    Outside ``vmap`` the fused kernel is right and faster; :func:`fused_batch_norm` selects it.
     Batch statistics in training and evaluation alike is the MAML convention (Finn et al., 2017):
     each task is normalised by its own support or query batch, and no running state is mutated.
+
+    The kernel is chosen when the layer is built (``fused``), never by the code that calls it.
+    PyTorch's fused kernel (``F.batch_norm(training=True)``: one pass for the statistics, one for
+    the output, one fused backward) gives the same values and gradients up to rounding (in
+    float32 on channels-last tensors its sums round a few times more) and is several times faster
+    on a CPU; its double backward is right too, but slower than the plain operations'. It must
+    not run under ``torch.func.vmap``, whose batching rule for it is wrong (the plain operations
+    are what the vectorised paths of :mod:`metalib.maml` run: they take a plain copy with
+    :func:`with_batch_norm_kernel`).
+
+    Args:
+        num_features: channels ``C``.
+        eps: added to the variance.
+        fused: use PyTorch's fused kernel (faster; not under ``vmap``).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, fused: bool = False) -> None:
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+        if not isinstance(fused, bool):
+            raise ValueError(f"fused must be True or False, got {fused!r}")
+        self.fused = fused
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fused={self.fused}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``(B, C, H, W)`` per channel over the batch and the pixels."""
-        if _FUSED_BATCH_NORM.get() and not _under_vmap():
+        if self.fused:
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         # Centred first, then the mean square: the two-pass variance, as stable as x.var() but
         # several times faster on a CPU (x.var's reduction over (0, 2, 3) is slow there). Sums
@@ -105,6 +89,9 @@ class Conv4(nn.Module):
             ``nn.BatchNorm2d``, which keeps running statistics in training and normalises with
             them in ``eval()`` mode: the usual classifier, and the source model of test-time
             adaptation (:mod:`metalib.tta`), whose BN adaptation swaps them for the test batch's.
+        fused_norm: with ``norm="batch"``, PyTorch's fused batch-norm kernel (several times faster
+            on a CPU, same values up to rounding; see :class:`BatchStatNorm2d`). The learners
+            that never run under ``torch.func.vmap`` build their networks with it.
 
     Example:
         >>> net = Conv4(n_classes=5)
@@ -119,6 +106,7 @@ class Conv4(nn.Module):
         hidden: int = 64,
         image_size: int = 28,
         norm: str = "batch",
+        fused_norm: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("n_classes", n_classes), ("in_channels", in_channels)):
@@ -131,9 +119,14 @@ class Conv4(nn.Module):
                 f"image_size {image_size} does not survive four 2x2 poolings; use images of "
                 "at least 16 x 16 pixels"
             )
-        norms = {"batch": BatchStatNorm2d, "running": nn.BatchNorm2d}
+        norms = {"batch": partial(BatchStatNorm2d, fused=fused_norm), "running": nn.BatchNorm2d}
         if norm not in norms:
             raise ValueError(f"norm must be one of {tuple(norms)}, got {norm!r}")
+        if fused_norm and norm != "batch":
+            raise ValueError(
+                'fused_norm chooses the kernel of norm="batch"; nn.BatchNorm2d (norm="running") '
+                "always uses the fused kernel"
+            )
         self.in_channels, self.image_size = in_channels, image_size
         blocks = []
         for i in range(4):
@@ -244,6 +237,29 @@ def forward_with(
             f"its parameters are named like {sorted(known)[:4]}"
         )
     return torch.func.functional_call(module, params, (x,))
+
+
+def with_batch_norm_kernel(module: nn.Module, fused: bool) -> nn.Module:
+    """``module`` with every :class:`BatchStatNorm2d` on the kernel ``fused`` asks for.
+
+    ``module`` itself when they all are already; otherwise a shallow copy of its layers that
+    shares its parameter and buffer tensors (so :func:`forward_with` and gradients see the same
+    weights), ``module`` unchanged. How :mod:`metalib.maml` runs its vectorised paths on plain
+    operations and picks the kernel per phase of its per-task loop, whatever a network was built
+    with.
+    """
+    norms = [m for m in module.modules() if isinstance(m, BatchStatNorm2d)]
+    if all(m.fused == fused for m in norms):
+        return module
+    return _with_kernel(module, fused)
+
+
+def _with_kernel(module: nn.Module, fused: bool) -> nn.Module:
+    twin = copy.copy(module)  # a new object; its parameters and buffers are the same tensors
+    if isinstance(twin, BatchStatNorm2d):
+        twin.fused = fused
+    twin._modules = {k: _with_kernel(m, fused) for k, m in module._modules.items()}
+    return twin
 
 
 def embed_tasks(

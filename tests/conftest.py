@@ -175,7 +175,9 @@ def fresh_solution(name: str) -> dict:
     nb = json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())
     assert nb["metadata"]["workbook"]["exercise"] == name
     namespace: dict = {"__name__": f"solution_{name}"}
-    with contextlib.redirect_stdout(io.StringIO()):
+    # run as a notebook runs, whatever the caller's grad mode (a first call from inside an answer's
+    # torch.no_grad() block would otherwise run the solution's experiments without autograd)
+    with contextlib.redirect_stdout(io.StringIO()), torch.enable_grad():
         for i, cell in enumerate(nb["cells"]):
             if cell["cell_type"] == "code":
                 exec(compile("".join(cell["source"]), f"{name} cell {i}", "exec"), namespace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,9 +73,22 @@ def test_cache_key_changes_with_settings_and_sources(tmp_path):
     assert cache_key("MAML", {"steps": 10}, source_digest([a, b]), cpu) != key
 
 
-def test_default_sources_are_all_of_metalib():
-    names = {p.name for p in __import__("metalib.compare").compare.source_files()}
-    assert {"compare.py", "methods.py", "maml.py", "cache.py", "glyphs.py"} <= names
+def test_default_sources_are_the_modules_the_learners_run():
+    """The learners' code keys the cache; the grader, plots and widgets do not."""
+    from metalib.compare import source_files
+
+    root = Path(__import__("metalib").__file__).parent
+    files = {p.relative_to(root).as_posix() for p in source_files()}
+    assert {"compare.py", "methods.py", "maml.py", "meta_sgd.py", "nets.py", "protonet.py"} <= files
+    assert {"data/cache.py", "data/glyphs.py", "data/__init__.py", "__init__.py"} <= files
+    assert not any(f.startswith("grading/") for f in files)
+    assert not {"plots.py", "widgets.py", "book.py", "tta.py"} & files
+    # imports inside functions count, and a module's own list is its closure
+    assert "data/glyphs.py" in {
+        p.relative_to(root).as_posix() for p in source_files("metalib.compare")
+    }
+    nets_only = {p.relative_to(root).as_posix() for p in source_files("metalib.nets")}
+    assert nets_only == {"__init__.py", "nets.py"}
 
 
 def test_second_call_reuses_the_cache(monkeypatch, tmp_path, data):
@@ -265,3 +279,21 @@ def test_meta_sgd_trains_caches_and_reloads_its_step_sizes(monkeypatch, tmp_path
     assert len(calls) == 1 and again[0].cached and not first[0].cached
     assert [r.accuracy for r in first] == [r.accuracy for r in again]
     assert first[0].family == "optimization-based"
+
+
+def test_cpu_peak_memory_counts_the_tensors_alive_together():
+    """1 MiB, then 2 MiB more while it lives, both freed, then 1 MiB: the peak is 3 MiB."""
+    from metalib.compare import peak_memory_mb
+
+    kept = torch.ones(2**20)  # allocated before: not counted
+
+    def fn() -> None:
+        a = torch.ones(2**18)  # float32: 1 MiB
+        b = torch.ones(2**19)
+        del a, b
+        torch.ones(2**18)
+
+    cpu = torch.device("cpu")
+    peaks = [peak_memory_mb(fn, cpu) for _ in range(2)]
+    assert 3.0 <= peaks[0] < 3.01 and peaks[1] == peaks[0]
+    assert kept.numel() == 2**20

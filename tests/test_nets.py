@@ -17,8 +17,8 @@ from metalib.nets import (
     BatchStatNorm2d,
     Conv4,
     forward_with,
-    fused_batch_norm,
     params,
+    with_batch_norm_kernel,
     with_new_head,
 )
 
@@ -240,81 +240,102 @@ def test_input_shape_errors_name_the_expected_shape():
         MLP()(torch.zeros(10))
 
 
-def _bn_with_random_affine(channels: int = 3) -> BatchStatNorm2d:
-    bn = BatchStatNorm2d(channels).double()
+def _bn_with_random_affine(channels: int = 3, fused: bool = False) -> BatchStatNorm2d:
+    bn = BatchStatNorm2d(channels, fused=fused).double()
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2, generator=torch.Generator().manual_seed(0))
         bn.bias.uniform_(-1, 1, generator=torch.Generator().manual_seed(1))
     return bn
 
 
-def test_fused_batch_norm_switch_selects_the_kernel_and_keeps_the_values():
+def test_fused_kernel_is_chosen_when_built_and_keeps_the_values():
     bn = _bn_with_random_affine()
+    fused_bn = _bn_with_random_affine(fused=True)
     g = torch.Generator().manual_seed(2)
     x = (torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) * 3 + 1).requires_grad_()
-    plain = bn(x)
-    with fused_batch_norm():
-        fused = bn(x)
-        with fused_batch_norm(False):  # blocks nest; the inner one wins
-            inner = bn(x)
-    after = bn(x)
+    plain, fused = bn(x), fused_bn(x)
     assert type(fused.grad_fn).__name__ == "NativeBatchNormBackward0"
-    for out in (plain, inner, after):
-        assert type(out.grad_fn).__name__ != "NativeBatchNormBackward0"
+    assert type(plain.grad_fn).__name__ != "NativeBatchNormBackward0"
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     # first and second derivatives of the two kernels agree (what second-order MAML needs)
     v = torch.randn(plain.shape, generator=g, dtype=torch.float64)
     grads = []
-    for out in (plain, fused):
-        gx, gw = torch.autograd.grad((out * v).sum(), (x, bn.weight), create_graph=True)
-        grads.append(torch.autograd.grad(gx.square().sum() + gw.square().sum(), (x, bn.weight)))
+    for layer, out in ((bn, plain), (fused_bn, fused)):
+        gx, gw = torch.autograd.grad((out * v).sum(), (x, layer.weight), create_graph=True)
+        grads.append(torch.autograd.grad(gx.square().sum() + gw.square().sum(), (x, layer.weight)))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="fused must be True or False"):
+        BatchStatNorm2d(3, fused="yes")
+    assert "fused=True" in repr(fused_bn)
+
+
+def test_conv4_fused_norm_option():
+    torch.manual_seed(0)
+    plain = tiny_conv4()
+    torch.manual_seed(0)
+    fused = Conv4(n_classes=3, hidden=4, image_size=16, fused_norm=True).double()
+    norms = [m for m in fused.modules() if isinstance(m, BatchStatNorm2d)]
+    assert len(norms) == 4 and all(m.fused for m in norms)
+    x = torch.rand(5, 1, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), plain(x), rtol=1e-10, atol=1e-12)  # same weights drawn
+    with pytest.raises(ValueError, match='kernel of norm="batch"'):
+        Conv4(norm="running", fused_norm=True)
 
 
 def test_batch_stat_norm_accepts_channels_last_input():
-    bn = _bn_with_random_affine(4)
     x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    ref = bn(x)
-    torch.testing.assert_close(bn(x_cl), ref, rtol=1e-12, atol=1e-12)
-    with fused_batch_norm():
-        torch.testing.assert_close(bn(x_cl), ref, rtol=1e-12, atol=1e-12)
+    for fused in (False, True):
+        bn = _bn_with_random_affine(4, fused=fused)
+        torch.testing.assert_close(bn(x_cl), bn(x), rtol=1e-12, atol=1e-12)
 
 
-def test_fused_batch_norm_is_never_used_under_vmap():
-    """Inside the switch, vmap still runs the plain operations and its meta-gradient is right."""
+def test_with_batch_norm_kernel_shares_the_weights_and_leaves_the_network_alone():
+    net = Conv4(n_classes=3, hidden=4, image_size=16, fused_norm=True)
+    assert with_batch_norm_kernel(net, fused=True) is net  # nothing to change: no copy
+    plain = with_batch_norm_kernel(net, fused=False)
+    assert plain is not net
+    assert all(m.fused for m in net.modules() if isinstance(m, BatchStatNorm2d))
+    assert not any(m.fused for m in plain.modules() if isinstance(m, BatchStatNorm2d))
+    mine, theirs = dict(net.named_parameters()), dict(plain.named_parameters())
+    assert list(mine) == list(theirs) and all(mine[k] is theirs[k] for k in mine)
+    x = torch.rand(6, 1, 16, 16)
+    calls = mock.patch.object(nets.F, "batch_norm", wraps=F.batch_norm)
+    with calls as batch_norm:
+        out = plain(x)
+        assert batch_norm.call_count == 0
+        torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)
+        assert batch_norm.call_count == 4
+
+
+def test_vectorised_maml_runs_the_plain_kernel_of_a_fused_network():
+    """A network built with the fused kernel: MAML's vmap path swaps in the plain operations (the
+    fused kernel's batching rule is wrong under vmap), and its meta-gradient is the loop's."""
+    from metalib import maml
+    from metalib.tasks import Episode
+
     torch.manual_seed(0)
-    net = tiny_conv4()
-    p = {k: v.detach() for k, v in params(net).items()}
+    net = Conv4(n_classes=3, hidden=4, image_size=16, fused_norm=True).double()
     g = torch.Generator().manual_seed(1)
     xs, xq = (torch.rand(3, 6, 1, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
     ys, yq = (torch.randint(0, 3, (3, 6), generator=g) for _ in range(2))
-
-    def loss(p, x, y):
-        return F.cross_entropy(functional_call(net, p, (x,)), y)
-
-    def adapted_loss(p, xs, ys, xq, yq):
-        gs = grad(loss)(p, xs, ys)
-        return loss({k: p[k] - 0.4 * gs[k] for k in p}, xq, yq)
-
-    loop = [grad(adapted_loss)(p, xs[t], ys[t], xq[t], yq[t]) for t in range(3)]
+    episode = Episode(xs, ys, xq, yq)
+    p = dict(net.named_parameters())
+    grads = {}
     calls = mock.patch.object(nets.F, "batch_norm", wraps=F.batch_norm)
-    with fused_batch_norm(), calls as batch_norm:
-        mean_loss = lambda p: vmap(adapted_loss, in_dims=(None, 0, 0, 0, 0))(  # noqa: E731
-            p, xs, ys, xq, yq
-        ).mean()
-        vectorised = grad(mean_loss)(p)
-        assert batch_norm.call_count == 0
-        fused_loop = [grad(adapted_loss)(p, xs[t], ys[t], xq[t], yq[t]) for t in range(3)]
-        assert batch_norm.call_count > 0  # outside vmap the switch does select the kernel
+    for vectorise, fast_loop in ((True, True), (False, True), (False, False)):
+        config = maml.MAMLConfig(1, 0.4, vectorise=vectorise, fast_loop=fast_loop)
+        with calls as batch_norm:
+            grads[vectorise, fast_loop] = maml.meta_gradient(
+                net, p, episode, F.cross_entropy, config
+            )[0]
+        # the per-task fast loop runs the fused kernel on the queries; vmap and the plain loop never
+        assert (batch_norm.call_count > 0) == (fast_loop and not vectorise)
     for k in p:
-        reference = sum(lp[k] for lp in loop) / 3
-        torch.testing.assert_close(vectorised[k], reference, rtol=1e-9, atol=1e-12)
-        # and the fused kernel under torch.func.grad, second order, gives the same gradient
-        torch.testing.assert_close(
-            sum(lp[k] for lp in fused_loop) / 3, reference, rtol=1e-9, atol=1e-12
-        )
+        reference = grads[False, False][k]
+        for key in ((True, True), (False, True)):
+            torch.testing.assert_close(grads[key][k], reference, rtol=1e-9, atol=1e-12)
 
 
 def test_conv4_norm_option_keeps_the_default_and_adds_running_statistics():

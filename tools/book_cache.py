@@ -21,10 +21,10 @@ STAMP = ROOT / "_build" / ".metalib-source-hash"
 
 
 def source_hash() -> str:
-    """A digest of every metalib source file: the one that also keys metalib.compare's cache."""
-    from metalib.compare import source_digest  # imports torch: only when a hash is asked for
+    """A digest of every metalib source file (any of them can change what a notebook prints)."""
+    from metalib.data.cache import digest
 
-    return source_digest()
+    return digest(*sorted((ROOT / "metalib").rglob("*.py")))
 
 
 def executed_by_book(
