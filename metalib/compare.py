@@ -1,40 +1,40 @@
 """Every learner on one benchmark: accuracy with a 95% CI against what it costs.
 
-:func:`compare` meta-trains each method of :data:`metalib.methods.REGISTRY` on Glyphs' training
-scripts and scores it on the *same* fixed test episodes (one :class:`~metalib.tasks.FixedEpisodes`
-per shot setting, from one seed), one task at a time, measuring the adaptation time per task and
-the peak memory of adaptation. Meta-training is cached on disk under a key made of the source
-of every metalib module the learners run (:func:`source_files`), the method's name and settings,
-the training data, torch's version and the device type, so a result produced by other code or
-other settings is never shown; a cached row reports the training time
-of the run that trained it (``cached=True``).
+:func:`compare` meta-trains each learner of :data:`metalib.methods.REGISTRY` on Glyphs' training
+scripts with its own recipe, or loads what an earlier chapter trained with the same recipe
+(:func:`metalib.trained.train_once`: keyed by the config, the data, the learner's source, torch's
+version, the device type and the seed), and scores every learner on the *same* fixed test
+episodes (one :class:`~metalib.tasks.FixedEpisodes` per shot setting, from one seed), one task
+at a time, measuring the adaptation time per task and the peak memory of adaptation. A cached
+row reports the training time of the run that trained it (``cached=True``).
 """
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import csv
 import dataclasses
 import itertools
-import re
+import os
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 from metalib import methods as registry
 from metalib import runtime
-from metalib.data import cache as disk
 from metalib.data.base import ImageClasses
-from metalib.features import FeatureClasses, embed_classes
+from metalib.features import FeatureClasses
 from metalib.tasks import Episode, FixedEpisodes
 from metalib.train import accuracy, mean_ci95
-
-ROOT = Path(__file__).resolve().parent
+from metalib.trained import Trained, embedded, train_once
 
 
 @dataclass(frozen=True)
@@ -95,74 +95,18 @@ class Comparison:
                 writer.writerow(dataclasses.asdict(r))
 
 
-def source_files(module: str = "metalib.compare") -> list[Path]:
-    """The files of ``module`` and of every metalib module it imports, directly or not (found by
-    reading their ``import`` statements), in a fixed order: the code part of each cache key.
-
-    For this module that is the learners, their networks, data and training loops, and not the
-    rest of metalib (the grader, the plots, the chapters' widgets), whose edits cannot change a
-    trained learner.
-    """
-    package = ROOT.parent
-    todo, files = [module], set()
-    while todo:
-        parts = todo.pop().split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # packages' __init__ run too
-        candidates = (
-            package.joinpath(*parts).with_suffix(".py"),
-            package.joinpath(*parts, "__init__.py"),
-        )
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None or path in files:  # not a module (a class, a function), or read already
-            continue
-        files.add(path)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.split(".")[0] == "metalib"]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metalib"):
-                # `from metalib import maml` names a module; `from metalib.nets import Conv4` not
-                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-    return sorted(files)
-
-
-def source_digest(sources: Sequence[Path] | None = None) -> str:
-    """A digest of the content of ``sources`` (``None``: :func:`source_files`), read once."""
-    return disk.digest(*(source_files() if sources is None else [Path(p) for p in sources]))
-
-
-def cache_key(name: str, settings: dict, code: str, device: torch.device, seed: int = 0) -> str:
-    """The key of one trained learner: its code (:func:`source_digest`), name, settings, torch's
-    version, the device type and the training seed."""
-    return disk.digest(code, name, sorted(settings.items()), torch.__version__, device.type, seed)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def _cached_training(
-    path: Path | None,
-    build: Callable[[], nn.Module],
-    train: Callable[[], nn.Module],
-    prepare: Callable[[], float] = lambda: 0.0,
-) -> tuple[nn.Module, float, bool]:
-    """``(model, seconds, cached)``: the weights at ``path`` if valid, else trained and saved.
-
-    ``prepare()`` runs only before training and returns seconds that count as training time
-    (embedding the training split); the saved seconds include them.
-    """
-    entry = disk.load(path) if path is not None else None
-    if entry is not None:
-        model = build()
-        model.load_state_dict(entry["state"])
-        return model, float(entry["seconds"]), True
-    seconds = prepare()
-    start = time.perf_counter()
-    model = train()
-    seconds += time.perf_counter() - start
-    if path is not None:
-        disk.save(path, {"state": model.state_dict(), "seconds": seconds})
-    return model, seconds, False
+@contextlib.contextmanager
+def _without_stderr() -> Iterator[None]:
+    """Send what is written to the process's standard error (file descriptor 2) nowhere."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
@@ -178,11 +122,86 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
     if device.type != "cpu":
         return runtime.device_peak_mb(fn, device)
     activity = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activity, profile_memory=True) as prof:
-        fn()
+    prof = torch.profiler.profile(activities=activity, profile_memory=True)
+    with _without_stderr():  # the profiler prints a line to stderr as it starts and stops
+        prof.start()
+    try:
+        fn()  # its own messages, if any, are printed as usual
+    finally:
+        with _without_stderr():
+            prof.stop()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     held = itertools.accumulate(e.self_cpu_memory_usage for e in events)
     return max(0, max(held, default=0)) / 2**20
+
+
+@dataclass
+class Learners:
+    """What the learners of one comparison share: the training split, where and how they are
+    trained, and the backbone and its embeddings (trained or loaded once, on first use).
+
+    Attributes:
+        train: the meta-training split.
+        budget: picks each learner's preset.
+        seed: the training seed (:func:`~metalib.trained.train_once` shifts it by METALIB_SEED).
+        overrides: per learner name (and ``"backbone"``), fields of its config to replace.
+        cache, folder: :func:`~metalib.trained.train_once`'s.
+    """
+
+    train: ImageClasses
+    device: torch.device
+    budget: runtime.Budget
+    seed: int = 0
+    overrides: dict[str, dict] = field(default_factory=dict)
+    cache: bool = True
+    folder: Path | None = None
+    _backbone: Trained | None = None
+    _features: dict[str, tuple[FeatureClasses, str]] = field(default_factory=dict)
+
+    def config(self, name: str, preset: Callable[[runtime.Budget], Any]) -> Any:
+        """``name``'s preset at the budget, with its overrides."""
+        return dataclasses.replace(preset(self.budget), **self.overrides.get(name, {}))
+
+    def trained(self, learner: ModuleType, config: Any, data: Any, data_id: str | None = None):
+        return train_once(
+            learner, config, data, seed=self.seed, device=self.device, data_id=data_id,
+            cache=self.cache, folder=self.folder,
+        )  # fmt: skip
+
+    def backbone_config(self) -> Any:
+        """The shared backbone's config: fine-tuning's preset, with ``"backbone"``'s overrides."""
+        return self.config("backbone", registry.BACKBONE.Config.preset)
+
+    def backbone(self) -> Trained:
+        """The shared pre-trained backbone (fine-tuning's recipe)."""
+        if self._backbone is None:
+            self._backbone = self.trained(registry.BACKBONE, self.backbone_config(), self.train)
+        return self._backbone
+
+    def features(self, split: ImageClasses) -> tuple[FeatureClasses, str]:
+        """``split`` embedded by the backbone, and its identity (see ``trained.embedded``)."""
+        if split.name not in self._features:
+            self._features[split.name] = embedded(self.backbone(), split)
+        return self._features[split.name]
+
+    def learn(self, method: registry.Method) -> tuple[Any, Trained | None, float, bool]:
+        """``(config, trained, seconds, cached)`` of one learner; ``seconds`` include the
+        backbone's for the learners built on it (``None`` and 0 with nothing to train)."""
+        if method.learner is None:
+            return None, None, 0.0, False
+        if method.learner is registry.BACKBONE:  # fine-tuning: the backbone is what it trains
+            shared = self.backbone_config()
+            config = self.config(method.name, lambda _: shared)
+            same = dataclasses.replace(config, tune=shared.tune) == shared  # only tuned otherwise
+            run = self.backbone() if same else self.trained(method.learner, config, self.train)
+            return config, run, run.seconds, run.cached
+        config = self.config(method.name, method.preset)
+        if not method.reads_features:
+            run = self.trained(method.learner, config, self.train)
+            return config, run, run.seconds, run.cached
+        base = self.backbone()
+        run = self.trained(method.learner, config, *self.features(self.train))
+        return config, run, run.seconds + base.seconds, run.cached and base.cached
 
 
 def compare(
@@ -196,10 +215,9 @@ def compare(
     cache: bool = True,
     data: tuple[ImageClasses, ImageClasses] | None = None,
     overrides: dict[str, dict] | None = None,
-    sources: Sequence[Path] | None = None,
     folder: Path | None = None,
 ) -> Comparison:
-    """Meta-train every method (or load it from the cache) and score all on the same episodes.
+    """Meta-train every learner (or load it) and score all on the same episodes.
 
     Args:
         methods: names from :data:`metalib.methods.REGISTRY` (``None``: all, in registry order).
@@ -207,17 +225,17 @@ def compare(
         n_way: N of the test tasks.
         n_episodes: test episodes per shot setting (``None``: 300, ``long`` budget 600).
         queries: query images per class in the test episodes.
-        budget: the run budget that picks the training settings (``None``: ``runtime.budget()``).
-        seed: seeds the test episodes and every method's training (training: shifted by
-            ``METALIB_SEED``, as :func:`metalib.runtime.seed_everything` is).
-        cache: reuse and store meta-trained weights in ``folder``.
+        budget: picks each learner's preset (``None``: ``runtime.budget()``).
+        seed: seeds the test episodes and every learner's training.
+        cache: reuse and store trained learners (:func:`metalib.trained.train_once`).
         data: ``(train, test)`` splits (``None``: Glyphs' ``train`` and ``test``, 20 per class).
-        overrides: per method name, settings that replace the budget's (e.g. fewer steps).
-        sources: the files whose content keys the cache (``None``: :func:`source_files`).
-        folder: the cache folder (``None``: ``runtime.cache_dir() / "compare"``).
+        overrides: per learner name, and ``"backbone"`` for the shared backbone, fields of its
+            config to replace (e.g. ``{"ProtoNet": {"steps": 10}}``).
+        folder: the cache folder (``None``: :func:`~metalib.trained.train_once`'s, shared with
+            the chapters).
 
     Returns:
-        A :class:`Comparison` with one :class:`Row` per method and shot setting.
+        A :class:`Comparison` with one :class:`Row` per learner and shot setting.
     """
     names = list(registry.REGISTRY) if methods is None else list(methods)
     unknown = [n for n in names if n not in registry.REGISTRY]
@@ -228,7 +246,7 @@ def compare(
             else f"methods is empty; choose from {list(registry.REGISTRY)}"
         )
     overrides = overrides or {}
-    stray = [n for n in overrides if n not in registry.REGISTRY]
+    stray = [n for n in overrides if n not in registry.REGISTRY and n != "backbone"]
     if stray:
         raise ValueError(f"overrides for unknown methods {stray}; use names from the registry")
     shots = tuple(shots)
@@ -247,108 +265,44 @@ def compare(
             f"class of {test.name}; use fewer shots or queries"
         )
     device = runtime.device()
-    # read once, so that files edited during the run do not mix keys; the training split's
-    # pixels are part of what produced the weights, so they are part of the key too
-    code = disk.digest(source_digest(sources), train.name, train.images.numpy().tobytes())
-    folder = (runtime.cache_dir() / "compare") if folder is None else Path(folder)
-
-    train_seed = seed + runtime.seed_shift()
-
-    def path(name: str, settings: dict) -> Path | None:
-        return folder / f"{_slug(name)}-{cache_key(name, settings, code, device, train_seed)}.pt"
-
-    backbones: dict[str, tuple[nn.Module, float, bool]] = {}  # by cache key of its settings
-    embedded: dict[tuple[str, str], tuple[FeatureClasses, float]] = {}
-
-    def backbone(settings: dict) -> tuple[nn.Module, float, bool]:
-        key = repr(sorted(settings.items()))
-        if key not in backbones:
-            g = torch.Generator().manual_seed(train_seed)
-            backbones[key] = _cached_training(
-                path("backbone", settings) if cache else None,
-                lambda: registry.build_backbone(settings, train, device),
-                lambda: registry.train_backbone(settings, train, device, g),
-            )
-        return backbones[key]
-
-    def features(settings: dict, split: ImageClasses) -> tuple[FeatureClasses, float]:
-        key = (repr(sorted(settings.items())), split.name)
-        if key not in embedded:
-            start = time.perf_counter()
-            f = embed_classes(split, backbone(settings)[0].body)
-            embedded[key] = (f, time.perf_counter() - start)
-        return embedded[key]
-
+    learners = Learners(train, device, budget, seed, overrides, cache, folder)
     episodes = {k: FixedEpisodes(test, n_way, k, queries, n_episodes, seed) for k in shots}
     rows = []
     for name in runtime.progress(names, desc="methods"):
         method = registry.REGISTRY[name]
-        settings = {**method.settings(budget), **overrides.get(name, {})}
-        bb = settings.get("backbone")
-        inputs = registry.Inputs(
-            train,
-            device,
-            backbone=lambda bb=bb: backbone(bb)[0],
-            train_features=lambda bb=bb: features(bb, train)[0],
-        )
-        extra, cached = 0.0, False  # nothing to train: nothing came from the cache
-        if method.uses_backbone:
-            _, extra, cached = backbone(bb)
-        if method.train is None:
-            model, seconds = method.build(settings, inputs), 0.0
+        config, run, seconds, cached = learners.learn(method)
+        if method.learner is None:
+            predict = registry.pixel_logits
         else:
-            g = torch.Generator().manual_seed(train_seed)
-            with torch.random.fork_rng(devices=[]):  # networks draw their initial weights
-                torch.manual_seed(train_seed)
-                model, seconds, cached_own = _cached_training(
-                    path(name, settings) if cache else None,
-                    partial(method.build, settings, inputs),
-                    partial(method.train, settings, inputs, g),
-                    # embedding the training split is part of meta-training these learners
-                    partial(lambda bb: features(bb, train)[1] if bb else 0.0, bb)
-                    if method.reads_features
-                    else lambda: 0.0,
-                )
-            cached = cached_own and (cached or not method.uses_backbone)
-        test_features = features(bb, test)[0] if method.reads_features else None
-        encoder = backbone(bb)[0].body if method.reads_features else None
+            predict = partial(method.learner.predict, config, run.model)
+        features, encoder = None, None
+        if method.reads_features:  # scored on the test split embedded once, as it was trained
+            features, encoder = learners.features(test)[0], learners.backbone().model.body
         for k in shots:
-            score, ms, peak = _evaluate(
-                method, model, settings, episodes[k], test_features, encoder, device
-            )
+            score, ms, peak = _evaluate(predict, episodes[k], features, encoder, device, name)
             rows.append(
                 Row(
-                    name,
-                    method.family,
-                    n_way,
-                    k,
-                    score.mean,
-                    score.ci95,
-                    len(episodes[k]),
-                    seconds + extra,
-                    ms,
-                    peak,
-                    cached,
+                    name, method.family, n_way, k, score.mean, score.ci95, len(episodes[k]),
+                    seconds, ms, peak, cached,
                 )
-            )
+            )  # fmt: skip
     return Comparison(tuple(rows), budget.name, device.type)
 
 
 def _evaluate(
-    method: registry.Method,
-    model: nn.Module,
-    settings: dict,
+    predict: Callable[[Episode], torch.Tensor],
     episodes: FixedEpisodes,
     test_features: FeatureClasses | None,
     encoder: nn.Module | None,
     device: torch.device,
+    name: str,
 ):
-    """Score one method on ``episodes`` one task at a time: Score, ms per task, peak MB.
+    """Score ``predict`` on ``episodes`` one task at a time: Score, ms per task, peak MB.
 
-    A method that reads embeddings is scored on ``test_features`` (the split embedded once, as it
-    was trained), but its time and memory include ``encoder`` embedding the task's own images
+    A learner that reads embeddings is scored on ``test_features`` (the split embedded once, as
+    it was trained), but its time and memory include ``encoder`` embedding the task's own images
     (support and query, one forward pass without gradients): that is what adapting to a new task
-    costs it, and what the methods working on pixels pay inside ``predict``.
+    costs it, and what the learners working on pixels pay inside ``predict``.
     """
     same = episodes
     if test_features is not None:  # the same indices drawn over the embeddings of the same images
@@ -357,14 +311,11 @@ def _evaluate(
             episodes.seed,
         )  # fmt: skip
 
-    def embed(images: Episode) -> None:
+    def adapt(images: Episode, ep: Episode) -> torch.Tensor:
         if encoder is not None:
             with torch.no_grad():
                 encoder(torch.cat([images.support_x[0], images.query_x[0]]))
-
-    def adapt(images: Episode, ep: Episode) -> torch.Tensor:
-        embed(images)
-        return method.predict(model, settings, ep)
+        return predict(ep)
 
     # memory first, on one task (adapting to a task is what is measured), then time every task
     first, first_images = same[0].to(device), episodes[0].to(device)
@@ -373,7 +324,7 @@ def _evaluate(
     bar = runtime.progress(
         zip(episodes.batches(1), same.batches(1), strict=True),
         total=len(episodes),
-        desc=f"{method.name}, {episodes.k_shot}-shot",
+        desc=f"{name}, {episodes.k_shot}-shot",
     )
     for images, ep in bar:
         if not torch.equal(images.classes, ep.classes):

@@ -13,16 +13,18 @@ Nothing is mutated: :func:`finetune` returns a new network and leaves the pre-tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metalib.data.base import ImageClasses
-from metalib.nets import with_new_head
+from metalib.nets import Conv4, fast_conv4, with_new_head
+from metalib.runtime import Budget
 from metalib.tasks import Episode
 from metalib.train import History, accuracy, fit
+from metalib.trained import Run
 
 
 @dataclass(frozen=True)
@@ -194,3 +196,51 @@ def finetune_accuracy(
             logits = net(episode.query_x[t])  # (N*Q, N)
         accs.append(accuracy(logits.unsqueeze(0), episode.query_y[t].unsqueeze(0)))
     return torch.cat(accs)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The book's fine-tuning learner and shared backbone (chapters 3 and 7): Conv4 pre-trained on
+    every training class, then for each task a new head fitted on the support's features.
+
+    Attributes:
+        hidden: channels of the Conv4 (64: the backbone the black-box learners read).
+        pretrain: the pre-training (:func:`pretrain`).
+        tune: the fine-tuning of each task (:func:`finetune`; last layer only by default).
+    """
+
+    hidden: int = 64
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(300, 128, 2e-3))
+    tune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(100, 1e-2, body_lr=0.0))
+
+    @classmethod
+    def preset(cls, budget: Budget, **changes) -> Config:
+        """The book's recipe at ``budget``: 300 pre-training steps, or 3,000 for ``long``."""
+        steps = budget.pick(default=300, long=3_000)
+        return cls(**{"pretrain": PretrainConfig(steps, 128, 2e-3), **changes})
+
+
+def build(config: Config, data: ImageClasses) -> Conv4:
+    """The untrained backbone, one output per class of ``data`` (``nets.fast_conv4``)."""
+    return fast_conv4(data.n_classes, config.hidden, data.image_size)
+
+
+def train(
+    config: Config, data: ImageClasses, generator: torch.Generator, device: torch.device
+) -> Run:
+    """Pre-train :func:`build`'s network on ``data`` (:func:`pretrain`)."""
+    net = build(config, data).to(device)
+    return Run(net, pretrain(net, data, config.pretrain, generator))
+
+
+def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)``: a new head fine-tuned on each task's support (seeded like
+    :func:`finetune_accuracy`, so every task starts from the same random head)."""
+    out = []
+    for t in range(episode.n_tasks):
+        g = torch.Generator().manual_seed(0)
+        sx, sy = episode.support_x[t], episode.support_y[t]
+        net = finetune(model, sx, sy, episode.n_way, config.tune, g)
+        with torch.no_grad():
+            out.append(net(episode.query_x[t]))
+    return torch.stack(out)

@@ -1,4 +1,4 @@
-"""MAML, first-order MAML and Reptile: one functional inner loop, per task or vectorised over tasks.
+"""MAML and first-order MAML: one functional inner loop, per task or vectorised over tasks.
 
 Model-agnostic meta-learning (Finn, Abbeel and Levine, 2017, "Model-Agnostic Meta-Learning for
 Fast Adaptation of Deep Networks") learns an initialisation θ from which a few gradient steps on a
@@ -7,27 +7,23 @@ task's support set D_i^tr give low loss on its query set D_i^ts:
     min_θ  Σ_i L(θ - α ∇_θ L(θ, D_i^tr), D_i^ts).
 
 Differentiating through the inner step brings in second derivatives (a Hessian-vector product per
-inner step); first-order MAML drops them by treating the inner gradients as constants. Reptile
-(Nichol, Achiam and Schulman, 2018, "On First-Order Meta-Learning Algorithms") does not
-differentiate at all: it runs SGD on each task to weights W_i and moves θ towards them,
-θ ← θ + β (1/n) Σ_i (W_i - θ).
+inner step); first-order MAML drops them by treating the inner gradients as constants.
 
 Everything here is a pure function of a parameter dict (:func:`metalib.nets.forward_with`, i.e.
-``torch.func.functional_call``) and the inner gradients come from ``torch.func.grad``. Whether the
-outer graph runs through them (second order) is the only difference between the two MAMLs, and
-the same :func:`query_outputs` runs one task at a time or under ``torch.func.vmap`` over the task
-axis of an :class:`~metalib.tasks.Episode`.
-
-The inner step size is a number (MAML's α) or one tensor of step sizes per parameter: the inner
-loop of Meta-SGD (:mod:`metalib.meta_sgd`), which meta-learns those tensors with θ.
+``torch.func.functional_call``) and the inner gradients come from ``torch.func.grad``. Three
+functions make the algorithm: :func:`adapt` (the inner loop), :func:`_task_outputs` (one task:
+adapt, then run the queries) and :func:`meta_gradient`, which decides once how an episode's tasks
+run: one after another, or under ``torch.func.vmap`` over the task axis. The inner step size
+(:attr:`MAMLConfig.inner_lr`) is a number (MAML's α) or one tensor of step sizes per parameter:
+the inner loop of Meta-SGD (:mod:`metalib.meta_sgd`), which meta-learns them with θ. Reptile,
+which never differentiates through adaptation, is :mod:`metalib.reptile`.
 
 BatchNorm: the backbones normalise every batch with its own statistics
 (:class:`~metalib.nets.BatchStatNorm2d`), MAML's convention. Inside the inner loop the support set
 is normalised by the support's statistics, and the query set by the statistics of the whole query
 batch, so predictions are *transductive*: a query's label depends on the other queries it is
 scored with. No running statistics are kept, so nothing learned on one task leaks into the next
-and the inner loop stays a pure function (a running-average buffer updated in place would break
-``vmap`` and the second-order graph).
+and the inner loop stays a pure function.
 """
 
 from __future__ import annotations
@@ -41,9 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from metalib.nets import forward_with, with_batch_norm_kernel
-from metalib.tasks import Episode
-from metalib.train import accuracy
+from metalib.data.base import ImageClasses
+from metalib.nets import Conv4, fast_conv4, forward_with, with_batch_norm_kernel
+from metalib.runtime import Budget
+from metalib.tasks import Episode, sample_episodes
+from metalib.train import accuracy, fit
+from metalib.trained import Run
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -56,20 +55,21 @@ class MAMLConfig:
 
     Attributes:
         inner_steps: gradient steps on the support set (1 to 10 in the papers).
-        inner_lr: the inner step size α (0.01 for sinusoids, 0.4 for Omniglot in Finn et al.).
+        inner_lr: the inner step size: a number α (0.01 for sinusoids, 0.4 for Omniglot in Finn
+            et al.), or a dict with one step-size tensor per parameter name (Meta-SGD; see
+            :func:`check_step_sizes`), which the meta-gradient can differentiate.
         first_order: drop the second derivatives (first-order MAML).
         vectorise: run the tasks of an episode under ``torch.func.vmap`` instead of one after
             another. ``None`` picks the faster path for the device: vectorised on a GPU, a
             per-task loop on a CPU (``benchmarks/maml_speed.py`` measures both).
         fast_loop: on the per-task path, arrange each task to run faster on a CPU, at equal
             values and gradients: channels-last memory layout, the fused batch-norm kernel
-            wherever no second derivative passes through it (:func:`_fast_query_outputs`).
-            ``False`` runs the plain loop of :func:`query_outputs`, the reference the benchmark
-            times against. The vectorised path ignores it.
+            wherever no second derivative passes through it. ``False`` runs the plain loop, the
+            reference the benchmark times against. The vectorised path ignores it.
     """
 
     inner_steps: int = 1
-    inner_lr: float = 0.4
+    inner_lr: float | Params = 0.4
     first_order: bool = False
     vectorise: bool | None = None
     fast_loop: bool = True
@@ -79,7 +79,10 @@ class MAMLConfig:
             raise ValueError(f"inner_steps must be an int, got {self.inner_steps!r}")
         if self.inner_steps < 0:
             raise ValueError(f"inner_steps must be 0 or more, got {self.inner_steps}")
-        if not self.inner_lr > 0:
+        if isinstance(self.inner_lr, dict):
+            if not all(isinstance(a, torch.Tensor) for a in self.inner_lr.values()):
+                raise ValueError("per-parameter step sizes must be tensors, one per name")
+        elif not self.inner_lr > 0:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
         if not isinstance(self.fast_loop, bool):
             raise ValueError(f"fast_loop must be True or False, got {self.fast_loop!r}")
@@ -174,56 +177,36 @@ def adapt(
     return fast
 
 
-def query_outputs(
-    model: nn.Module,
-    params: Params,
-    support_x: torch.Tensor,
-    support_y: torch.Tensor,
-    query_x: torch.Tensor,
-    loss_fn: LossFn,
-    config: MAMLConfig,
-    lr: Params | None = None,
-) -> torch.Tensor:
-    """Adapt to one task's support set, then run the adapted network on its queries.
+@dataclass(frozen=True)
+class _Path:
+    """How the tasks of an episode run, decided once per call (:func:`_path`)."""
 
-    Shapes are of one task (no task axis): support ``(n_s, ...)``, queries ``(n_q, ...)``.
-    ``lr``: per-parameter step sizes used instead of ``config.inner_lr`` (Meta-SGD).
-    Returns the model's outputs on the queries, ``(n_q, ...)`` (logits or predictions).
+    vectorise: bool
+    inner: nn.Module  # the network of the support steps
+    query: nn.Module  # the network run on the queries
+    layout: Callable[[torch.Tensor], torch.Tensor]  # applied to images, weights and step sizes
+
+
+def _path(model: nn.Module, config: MAMLConfig, episode: Episode) -> _Path:
+    """The vectorised path or the per-task loop, and the batch-norm kernels and layout of each.
+
+    Under ``vmap`` and in the plain loop every batch norm runs the plain operations (the fused
+    kernel's batching rule is wrong under ``vmap``). The fast per-task loop puts images and
+    convolution weights in channels-last memory, where oneDNN's convolutions and max-pooling are
+    several times faster than on the default layout, and uses PyTorch's fused kernel wherever no
+    second derivative passes through it -- the queries, and the support steps of first-order
+    MAML; second-order support steps keep the plain operations, whose double backward is faster
+    (``benchmarks/maml_speed.py``). The kernels are chosen here, whatever ``model`` was built
+    with (:func:`metalib.nets.with_batch_norm_kernel`).
     """
-    steps, lr = config.inner_steps, config.inner_lr if lr is None else lr
-    fast = adapt(model, params, support_x, support_y, loss_fn, steps, lr, config.first_order)
-    return forward_with(model, fast, query_x)
-
-
-def _fast_query_outputs(
-    model: nn.Module,
-    params: Params,
-    support_x: torch.Tensor,
-    support_y: torch.Tensor,
-    query_x: torch.Tensor,
-    loss_fn: LossFn,
-    config: MAMLConfig,
-    lr: Params | None = None,
-) -> torch.Tensor:
-    """:func:`query_outputs` for one task outside ``vmap``, arranged to run faster on a CPU.
-
-    The same values and gradients up to float rounding; two changes, measured in
-    ``benchmarks/maml_speed.py``: images and convolution weights go in channels-last memory,
-    where oneDNN's convolutions and max-pooling are several times faster than on the default
-    layout (and no weight is converted back and forth on every call), and the batch norm uses
-    PyTorch's fused kernel wherever no second derivative passes through it -- the query forward,
-    and the support forwards of first-order MAML. Second-order support forwards keep the plain
-    operations: the fused kernel's double backward is slower. The kernels are chosen here,
-    whatever ``model`` was built with (:func:`metalib.nets.with_batch_norm_kernel`).
-    """
-    support_x, query_x = _channels_last(support_x), _channels_last(query_x)
-    params = {k: _channels_last(v) for k, v in params.items()}  # differentiable copies
-    steps, lr = config.inner_steps, config.inner_lr if lr is None else lr
-    if isinstance(lr, dict):  # step sizes in the layout of their weights
-        lr = {k: _channels_last(v) for k, v in lr.items()}
+    vectorise = config.vectorise
+    if vectorise is None:
+        vectorise = episode.support_x.device.type == "cuda"
+    if vectorise or not config.fast_loop:
+        plain = with_batch_norm_kernel(model, fused=False)
+        return _Path(vectorise, plain, plain, lambda x: x)
     inner = with_batch_norm_kernel(model, fused=config.first_order)
-    fast = adapt(inner, params, support_x, support_y, loss_fn, steps, lr, config.first_order)
-    return forward_with(with_batch_norm_kernel(model, fused=True), fast, query_x)
+    return _Path(False, inner, with_batch_norm_kernel(model, fused=True), _channels_last)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -235,84 +218,81 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 
-def _vectorise(config: MAMLConfig, episode: Episode) -> bool:
-    if config.vectorise is not None:
-        return config.vectorise
-    return episode.support_x.device.type == "cuda"
+def _task_outputs(
+    path: _Path,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+) -> torch.Tensor:
+    """One task: adapt ``params`` on its support set, then run the adapted network on its queries.
+
+    Shapes are of one task (no task axis): support ``(n_s, ...)``, queries ``(n_q, ...)``.
+    Returns the outputs on the queries, ``(n_q, ...)`` (logits or predictions).
+    """
+    lr, cl = config.inner_lr, path.layout
+    if isinstance(lr, dict):  # step sizes in the layout of their weights
+        lr = {k: cl(v) for k, v in lr.items()}
+    params = {k: cl(v) for k, v in params.items()}  # differentiable copies (or the same tensors)
+    fast = adapt(
+        path.inner, params, cl(support_x), support_y, loss_fn, config.inner_steps, lr,
+        config.first_order,
+    )  # fmt: skip
+    return forward_with(path.query, fast, cl(query_x))
 
 
 def episode_outputs(
-    model: nn.Module,
-    params: Params,
-    episode: Episode,
-    loss_fn: LossFn,
-    config: MAMLConfig,
-    lr: Params | None = None,
+    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
 ) -> torch.Tensor:
-    """Query outputs of every task of ``episode``, each adapted on its own support set.
-
-    Runs :func:`query_outputs` per task, or once under ``torch.func.vmap`` over the task axis
-    (``config.vectorise``); both give the same values and gradients. The per-task loop runs its
-    faster arrangement :func:`_fast_query_outputs` unless ``config.fast_loop`` is off. ``lr``
-    (per-parameter step sizes, shared by all tasks) replaces ``config.inner_lr`` (Meta-SGD).
-
-    Returns:
-        ``(T, n_q, ...)``, e.g. logits ``(T, N*Q, N)``.
-    """
+    """Query outputs ``(T, n_q, ...)`` of every task of ``episode``, each adapted on its own
+    support set (:func:`_task_outputs`, per task or under ``vmap``; the same values)."""
     _check_params(params)
-    e = episode
-    if config.fast_loop and not _vectorise(config, e):
-        per_task = _fast_query_outputs
-    else:  # vmap needs the plain batch-norm kernel; so does the plain loop, the reference
-        model, per_task = with_batch_norm_kernel(model, fused=False), query_outputs
-
-    def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
-        return query_outputs(model, params, sx, sy, qx, loss_fn, config, lr)
-
-    if _vectorise(config, e):
-        return vmap(one)(e.support_x, e.support_y, e.query_x)
+    path, e = _path(model, config, episode), episode
+    if path.vectorise:
+        return vmap(lambda sx, sy, qx: _task_outputs(path, params, sx, sy, qx, loss_fn, config))(
+            e.support_x, e.support_y, e.query_x
+        )
     return torch.stack(
         [
-            per_task(
-                model, params, e.support_x[t], e.support_y[t], e.query_x[t], loss_fn, config, lr
-            )
-            for t in range(len(e))
+            _task_outputs(path, params, sx, sy, qx, loss_fn, config)
+            for sx, sy, qx in zip(e.support_x, e.support_y, e.query_x, strict=True)
         ]
     )
 
 
 def task_losses(
+    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+) -> torch.Tensor:
+    """The query loss after adaptation, one per task: ``(T,)``; their mean is MAML's objective."""
+    outputs = episode_outputs(model, params, episode, loss_fn, config)
+    return torch.stack([loss_fn(o, y) for o, y in zip(outputs, episode.query_y, strict=True)])
+
+
+def meta_gradient(
     model: nn.Module,
     params: Params,
     episode: Episode,
     loss_fn: LossFn,
     config: MAMLConfig,
-    lr: Params | None = None,
-) -> torch.Tensor:
-    """The query loss after adaptation, one per task: ``(T,)``; their mean is MAML's objective.
-
-    ``lr``: per-parameter step sizes in place of ``config.inner_lr`` (:func:`episode_outputs`).
-    """
-    outputs = episode_outputs(model, params, episode, loss_fn, config, lr)
-    if _vectorise(config, episode):
-        return vmap(loss_fn)(outputs, episode.query_y)
-    return torch.stack([loss_fn(o, y) for o, y in zip(outputs, episode.query_y, strict=True)])
-
-
-def meta_gradient(
-    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+    also: Params | None = None,
 ) -> tuple[Params, torch.Tensor]:
     """The gradient of the mean adapted query loss with respect to the initial weights.
 
-    On the per-task path each task's graph is built, differentiated and freed before the next
-    (memory of one task at a time); the vectorised path differentiates all tasks at once.
+    The path is decided once (:func:`_path`). On the per-task path each task's graph is built,
+    differentiated and freed before the next (memory of one task at a time); the vectorised
+    path differentiates all tasks at once.
 
     Args:
         params: the initial weights θ; they must require gradients.
+        also: more tensors to differentiate with respect to, by names of the caller's choosing
+            that differ from ``params``' (Meta-SGD's step sizes, which reach the loss through
+            ``config.inner_lr``); their gradients come back in the same dict.
 
     Returns:
-        ``(grads, losses)``: ∇_θ (1/T) Σ_i L_i by name, and the per-task query losses ``(T,)``
-        (detached).
+        ``(grads, losses)``: ∇ (1/T) Σ_i L_i by name (zeros for a tensor the loss does not
+        use), and the per-task query losses ``(T,)`` (detached).
     """
     _check_params(params)
     missing = [k for k, v in params.items() if not v.requires_grad]
@@ -321,44 +301,30 @@ def meta_gradient(
             f"params {missing[:3]} do not require gradients; pass "
             "{k: v.detach().requires_grad_() ...} or the model's own parameters"
         )
-    names, leaves = list(params), list(params.values())
-    grads, losses = mean_task_gradients(
-        leaves, episode, config, lambda ep: task_losses(model, params, ep, loss_fn, config)
-    )
-    return dict(zip(names, grads, strict=True)), losses
+    wrt = {**params, **(also or {})}
+    if len(wrt) != len(params) + len(also or {}):
+        raise ValueError("the names in `also` must differ from those of `params`")
+    leaves, e, n = list(wrt.values()), episode, len(episode)
+    path = _path(model, config, e)
 
+    def loss(sx, sy, qx, qy) -> torch.Tensor:
+        return loss_fn(_task_outputs(path, params, sx, sy, qx, loss_fn, config), qy)
 
-def mean_task_gradients(
-    leaves: list[torch.Tensor],
-    episode: Episode,
-    config: MAMLConfig,
-    losses_of: Callable[[Episode], torch.Tensor],
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """∇ (1/T) Σ_i L_i with respect to ``leaves`` (zeros for unused ones), and the losses.
-
-    ``losses_of(episode) -> (T,)`` adapted query losses. On the per-task path each task's graph
-    is built, differentiated and freed before the next (memory of one task at a time); the
-    vectorised path (:data:`MAMLConfig.vectorise`) differentiates all tasks at once. Shared by
-    MAML's and Meta-SGD's meta-gradients.
-
-    Returns:
-        ``(grads, losses)``: one gradient per leaf, in order, and the losses ``(T,)`` detached.
-    """
-    if _vectorise(config, episode):
-        losses = losses_of(episode)
+    tasks = (e.support_x, e.support_y, e.query_x, e.query_y)
+    if path.vectorise:
+        losses = vmap(loss)(*tasks)
         grads = torch.autograd.grad(losses.mean(), leaves, allow_unused=True)
-        grads = [
-            torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads, strict=True)
-        ]
-        return grads, losses.detach()
-    total = [torch.zeros_like(v) for v in leaves]
-    losses = []
-    for t in range(len(episode)):
-        loss = losses_of(episode.task(t))[0]
-        grads = torch.autograd.grad(loss / len(episode), leaves, allow_unused=True)
-        total = [a if g is None else a + g for a, g in zip(total, grads, strict=True)]
-        losses.append(loss.detach())
-    return total, torch.stack(losses)
+    else:  # one task's graph at a time
+        grads, losses = [None] * len(leaves), []
+        for task in zip(*tasks, strict=True):
+            task_loss = loss(*task)
+            new = torch.autograd.grad(task_loss / n, leaves, allow_unused=True)
+            pairs = zip(grads, new, strict=True)
+            grads = [b if a is None else a if b is None else a + b for a, b in pairs]
+            losses.append(task_loss.detach())
+        losses = torch.stack(losses)
+    grads = [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads, strict=True)]
+    return dict(zip(wrt, grads, strict=True)), losses.detach()
 
 
 def meta_step(
@@ -380,74 +346,6 @@ def meta_step(
         p.grad = grads[k]
     optimizer.step()
     return {"loss": losses.mean().item()}
-
-
-def reptile_update(params: Params, adapted: Params, outer_lr: float) -> Params:
-    """Reptile's batched update: θ + β (1/n) Σ_i (W_i - θ).
-
-    Args:
-        params: θ by name, each ``(...)``.
-        adapted: each task's weights after its inner loop, stacked: ``(n, ...)`` per name.
-        outer_lr: β, the step towards the tasks' weights (1 moves θ onto their mean).
-
-    Returns:
-        The new θ, a new dict (detached).
-    """
-    if set(params) != set(adapted):
-        raise ValueError(
-            f"adapted weights {sorted(adapted)[:3]} do not match params {sorted(params)[:3]}"
-        )
-    out = {}
-    for k, theta in params.items():
-        w = adapted[k]
-        if w.shape[1:] != theta.shape:
-            raise ValueError(
-                f"adapted[{k!r}] has shape {tuple(w.shape)}; expected (n_tasks, "
-                f"{', '.join(map(str, theta.shape))})"
-            )
-        out[k] = (theta + outer_lr * (w - theta).mean(dim=0)).detach()
-    return out
-
-
-def reptile_step(
-    model: nn.Module,
-    episode: Episode,
-    loss_fn: LossFn,
-    inner_steps: int,
-    inner_lr: float,
-    outer_lr: float,
-) -> dict[str, float]:
-    """One Reptile meta-update of ``model``'s parameters, in place.
-
-    Each task runs ``inner_steps`` of SGD (no graph) on all its data — support and query
-    together, as Reptile needs no train/test split inside a task — to weights W_i, vectorised
-    over the tasks; then θ ← θ + β (1/n) Σ_i (W_i - θ) (:func:`reptile_update`).
-
-    Returns:
-        ``{"loss": mean loss of the tasks' data at θ, before the update}``.
-    """
-    if inner_steps < 1:
-        raise ValueError(f"Reptile needs at least one inner step, got {inner_steps}")
-    e = episode
-    x = torch.cat([e.support_x, e.query_x], dim=1)
-    y = torch.cat([e.support_y, e.query_y], dim=1)
-    theta = {k: v.detach() for k, v in model.named_parameters()}
-    plain = with_batch_norm_kernel(model, fused=False)  # the kernel vmap handles right
-
-    def one(xi: torch.Tensor, yi: torch.Tensor) -> Params:
-        return adapt(plain, theta, xi, yi, loss_fn, inner_steps, inner_lr, first_order=True)
-
-    def loss_at_theta(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return loss_fn(forward_with(plain, theta, xi), yi)
-
-    with torch.no_grad():
-        before = vmap(loss_at_theta)(x, y)
-    adapted = vmap(one)(x, y)
-    new = reptile_update(theta, adapted, outer_lr)
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            p.copy_(new[k])
-    return {"loss": before.mean().item()}
 
 
 def accuracy_fn(
@@ -508,3 +406,63 @@ def adaptation_curve(
 
     e = episode
     return vmap(one)(e.support_x, e.support_y, e.query_x, e.query_y).detach().cpu()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The book's MAML on images (chapter 2, and chapter 7's comparison): Conv4-32, 5-way 1-shot
+    tasks with 15 queries per class, 8 tasks per meta-batch, Adam on the initialisation.
+
+    Attributes:
+        inner: the inner loop in meta-training (steps, step size, first or second order).
+        n_way, hidden: the tasks' N and the Conv4's channels.
+        steps, tasks, queries: meta-iterations, tasks per meta-batch, queries per class.
+        outer_lr: Adam's learning rate.
+        test_steps: first-order inner steps of ``inner.inner_lr`` when adapting to a test task.
+    """
+
+    inner: MAMLConfig = MAMLConfig(1, 0.4)
+    n_way: int = 5
+    hidden: int = 32
+    steps: int = 160
+    tasks: int = 8
+    queries: int = 15
+    outer_lr: float = 3e-3
+    test_steps: int = 3
+
+    @classmethod
+    def preset(cls, budget: Budget, first_order: bool = False, **changes) -> Config:
+        """The book's recipe at ``budget`` (160 meta-iterations, 5,000 for ``long``). First order
+        takes 3 inner steps of 0.1 instead of 1 of 0.4: with one step it barely learns in 160
+        iterations (44.9% against 79.5% at 5-way 1-shot, ``benchmarks/compare.py``), and extra
+        first-order steps cost little."""
+        inner = MAMLConfig(3, 0.1, first_order=True) if first_order else MAMLConfig(1, 0.4)
+        return cls(**{"inner": inner, "steps": budget.pick(default=160, long=5_000), **changes})
+
+
+def build(config: Config, data: ImageClasses) -> Conv4:
+    """The untrained network (:func:`metalib.nets.fast_conv4`; the inner loop picks its
+    batch-norm kernels per phase, :func:`_path`)."""
+    return fast_conv4(config.n_way, config.hidden, data.image_size)
+
+
+def train(
+    config: Config, data: ImageClasses, generator: torch.Generator, device: torch.device
+) -> Run:
+    """Meta-train :func:`build`'s network with :func:`meta_step` on tasks drawn from ``data``."""
+    net = build(config, data).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=config.outer_lr)
+
+    def step(_: int) -> dict[str, float]:
+        ep = sample_episodes(data, config.n_way, 1, config.queries, config.tasks, generator)
+        return meta_step(net, opt, ep.to(device), F.cross_entropy, config.inner)
+
+    desc = "first-order MAML" if config.inner.first_order else "MAML"
+    return Run(net, fit(step, config.steps, desc=desc))
+
+
+def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)``: the initialisation adapted to each task by ``test_steps`` steps."""
+    test = MAMLConfig(config.test_steps, config.inner.inner_lr, first_order=True)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return episode_outputs(model, params, episode, F.cross_entropy, test).detach()

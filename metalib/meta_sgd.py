@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metalib import maml
+from metalib.data.base import ImageClasses
 from metalib.maml import LossFn, MAMLConfig, Params, check_step_sizes
-from metalib.tasks import Episode
-from metalib.train import accuracy
+from metalib.runtime import Budget
+from metalib.tasks import Episode, sample_episodes
+from metalib.train import accuracy, fit
+from metalib.trained import Run
 
 
 def inner_update(params: Params, grads: Params, lrs: Params) -> Params:
@@ -125,33 +129,26 @@ def meta_gradient(
 ) -> tuple[Params, Params, torch.Tensor]:
     """Gradients of the mean adapted query loss with respect to θ and to the step sizes α.
 
-    The per-task path builds, differentiates and frees one task's graph at a time, like
-    :func:`metalib.maml.meta_gradient`; the vectorised path runs all tasks under ``vmap``.
+    :func:`metalib.maml.meta_gradient` with the step sizes as the inner loop's ``inner_lr``,
+    differentiated too (one task's graph at a time on the per-task path, all tasks under
+    ``vmap`` on the vectorised one).
 
     Args:
         model: the network and its step sizes.
         episode: ``T`` tasks.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``.
         config: the inner loop as for MAML (steps, first order, vectorise, fast loop); its
-            ``inner_lr`` is not used: the step sizes are ``model``'s.
+            ``inner_lr`` is replaced by ``model``'s step sizes.
 
     Returns:
         ``(grads_theta, grads_lrs, losses)``: two dicts by the network's parameter names, and
         the per-task query losses ``(T,)`` (detached).
     """
     theta, lrs = model.weights(), model.step_sizes()
-    names = list(theta)
-    leaves = [*theta.values(), *(lrs[k] for k in names)]
-
-    total, losses = maml.mean_task_gradients(
-        leaves,
-        episode,
-        config,
-        lambda ep: maml.task_losses(model.net, theta, ep, loss_fn, config, lrs),
-    )
-    n = len(names)
-    grads_theta = dict(zip(names, total[:n], strict=True))
-    return grads_theta, dict(zip(names, total[n:], strict=True)), losses
+    config = dataclasses.replace(config, inner_lr=lrs)
+    also = {f"step size of {k}": a for k, a in lrs.items()}
+    grads, losses = maml.meta_gradient(model.net, theta, episode, loss_fn, config, also)
+    return {k: grads[k] for k in theta}, {k: grads[f"step size of {k}"] for k in theta}, losses
 
 
 def meta_step(
@@ -192,8 +189,8 @@ def episode_outputs(
 ) -> torch.Tensor:
     """Query outputs ``(T, n_q, ...)`` after adapting with the learned step sizes (no graph)."""
     theta, lrs = detached(model)
-    eval_config = dataclasses.replace(config, first_order=True)
-    return maml.episode_outputs(model.net, theta, episode, loss_fn, eval_config, lrs).detach()
+    eval_config = dataclasses.replace(config, first_order=True, inner_lr=lrs)
+    return maml.episode_outputs(model.net, theta, episode, loss_fn, eval_config).detach()
 
 
 def accuracy_fn(
@@ -212,3 +209,51 @@ def accuracy_fn(
 def step_size_summary(model: MetaSGD) -> list[tuple[str, torch.Tensor]]:
     """Each parameter tensor's step sizes, flattened, by name: ``[(name, (numel,)), ...]``."""
     return [(k, v.detach().flatten().cpu()) for k, v in model.step_sizes().items()]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The book's Meta-SGD on images (chapter 7): MAML's recipe (:class:`metalib.maml.Config`),
+    with the step sizes started at MAML's tuned one and learned at ``lr_lr`` (Li et al., 2017).
+
+    Attributes:
+        base: the network, tasks, inner loop, outer rate and test steps: MAML's recipe.
+        lr_lr: Adam's learning rate for the step sizes.
+    """
+
+    base: maml.Config = maml.Config()
+    lr_lr: float = 0.04
+
+    @classmethod
+    def preset(cls, budget: Budget, **changes) -> Config:
+        """MAML's recipe at ``budget`` and a step-size rate of 0.04 (a tenth of α_0 = 0.4)."""
+        return cls(**{"base": maml.Config.preset(budget), **changes})
+
+
+def build(config: Config, data: ImageClasses) -> MetaSGD:
+    """MAML's untrained network with a step size of ``inner.inner_lr`` for every weight."""
+    return MetaSGD(maml.build(config.base, data), init=config.base.inner.inner_lr)
+
+
+def train(
+    config: Config, data: ImageClasses, generator: torch.Generator, device: torch.device
+) -> Run:
+    """Meta-train the initialisation and the step sizes together (:func:`meta_step`)."""
+    model, m = build(config, data).to(device), config.base
+    groups = [
+        {"params": model.net.parameters()},
+        {"params": model.lrs.parameters(), "lr": config.lr_lr},
+    ]
+    opt = torch.optim.Adam(groups, lr=m.outer_lr)
+
+    def step(_: int) -> dict[str, float]:
+        ep = sample_episodes(data, m.n_way, 1, m.queries, m.tasks, generator)
+        return meta_step(model, opt, ep.to(device), F.cross_entropy, m.inner)
+
+    return Run(model, fit(step, m.steps, desc="Meta-SGD", log_every=10))
+
+
+def predict(config: Config, model: MetaSGD, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)``: adapted by ``test_steps`` steps of the learned step sizes."""
+    test = MAMLConfig(config.base.test_steps, config.base.inner.inner_lr, first_order=True)
+    return episode_outputs(model, episode, F.cross_entropy, test).detach()

@@ -21,18 +21,27 @@ query_x, n_way) -> logits``), trained and scored with :func:`metalib.train.episo
 :func:`metalib.train.episode_accuracy_fn`. BatchNorm in the encoder uses batch statistics (as in
 chapter 2): :func:`metalib.nets.embed_tasks` normalises each task's support and query images
 together, one batch per task.
+
+The book's recipe (chapter 4, and chapter 7's comparison) is :class:`Config`, :func:`build`,
+:func:`train` and :func:`predict`; :func:`metalib.trained.train_once` trains it once for the book.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalib.nets import embed_tasks
-from metalib.tasks import Episode, check_labelled
+from metalib.data.base import ImageClasses
+from metalib.nets import embed_tasks, fast_conv4
+from metalib.runtime import Budget
+from metalib.tasks import Episode, check_labelled, sample_episodes
+from metalib.train import episode_loss, fit
+from metalib.trained import Run
 
 METRICS = ("euclidean", "cosine")
 
@@ -159,3 +168,92 @@ def pixel_nearest_neighbour(episode: Episode) -> torch.Tensor:
     q = episode.query_x.flatten(2)  # (T, P, pixels)
     d = (q.unsqueeze(2) - s.unsqueeze(1)).square().sum(-1)  # (T, P, S)
     return episode.support_y.gather(1, d.argmin(-1))
+
+
+@dataclass(frozen=True)
+class Config:
+    """How the book meta-trains a ProtoNet (chapter 4): one episode per step, more ways than at
+    test time (Snell et al. train 20-way and more to test 5-way), Adam with a cosine schedule.
+
+    Attributes:
+        metric: ``"euclidean"`` (temperature 1, fixed) or ``"cosine"`` (temperature learned,
+            starting at 10).
+        hidden: channels of the Conv4 encoder.
+        train_way: N of the training episodes (1 shot each).
+        queries: queries per class in the training episodes.
+        lr: Adam's learning rate, annealed to 0 over ``steps`` (cosine).
+        steps: training episodes.
+        snapshots: how many times the weights are kept (every ``steps // snapshots`` episodes),
+            with the training seconds so far, for an accuracy-against-time curve; 0 for none.
+    """
+
+    metric: str = "euclidean"
+    hidden: int = 32
+    train_way: int = 20
+    queries: int = 5
+    lr: float = 2e-3
+    steps: int = 2_000
+    snapshots: int = 8
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose one of {METRICS}")
+        for name in ("hidden", "train_way", "queries", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.snapshots < 0 or not self.lr > 0:
+            raise ValueError(f"need snapshots >= 0 and lr > 0, got {self.snapshots}, {self.lr}")
+
+    @classmethod
+    def preset(cls, budget: Budget, **changes) -> Config:
+        """The book's recipe at ``budget``: 2,000 episodes, or 20,000 for ``long``."""
+        return cls(**{"steps": budget.pick(default=2_000, long=20_000), **changes})
+
+
+def build(config: Config, data: ImageClasses) -> ProtoNet:
+    """The untrained ProtoNet of ``config`` for ``data``'s image size; its encoder is the body of
+    :func:`metalib.nets.fast_conv4`."""
+    encoder = fast_conv4(hidden=config.hidden, image_size=data.image_size).body
+    cosine = config.metric == "cosine"
+    return ProtoNet(encoder, config.metric, 10.0 if cosine else 1.0, learn_temperature=cosine)
+
+
+def train(
+    config: Config, data: ImageClasses, generator: torch.Generator, device: torch.device
+) -> Run:
+    """Meta-train :func:`build`'s network on ``config.train_way``-way 1-shot episodes of ``data``.
+
+    Returns:
+        The :class:`~metalib.trained.Run`: the network, its history (loss and accuracy of every
+        episode; ``seconds`` of training so far where a snapshot was taken) and the snapshots.
+    """
+    net = build(config, data).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
+    every = max(config.steps // config.snapshots, 1) if config.snapshots else 0
+    snapshots, seconds = {}, 0.0
+
+    def step(i: int) -> dict[str, float]:
+        nonlocal seconds
+        start = time.perf_counter()
+        episode = sample_episodes(data, config.train_way, 1, config.queries, 1, generator)
+        loss, acc = episode_loss(net, episode.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        metrics = {"loss": loss.item(), "accuracy": acc.mean().item()}
+        seconds += time.perf_counter() - start
+        if every and (i + 1) % every == 0:
+            snapshots[i + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            metrics["seconds"] = seconds
+        return metrics
+
+    history = fit(step, config.steps, desc=f"ProtoNet ({config.metric})")
+    return Run(net, history, snapshots)
+
+
+def predict(config: Config, model: ProtoNet, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)`` of ``episode``'s queries: one forward pass, no gradient."""
+    with torch.no_grad():
+        return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)

@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalib.blackbox import fit_on_features
+from metalib.features import FeatureClasses
 from metalib.nets import embed_tasks
 from metalib.protonet import logits, prototypes
+from metalib.runtime import Budget
+from metalib.tasks import Episode
+from metalib.trained import Run
 
 
 class WeightPredictor(nn.Module):
@@ -117,3 +123,46 @@ class WeightPredictor(nn.Module):
         sf, qf = self.activations(support_x, query_x)
         weights = self.predict_weights(sf, support_y, n_way)
         return logits(qf, weights, "cosine", self.scale)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The book's weight predictor (chapter 3): φ meta-trained on 5-way 1-shot tasks of a frozen
+    backbone's embeddings (5 queries per class, 16 tasks a step, Adam).
+
+    Attributes:
+        feature_dim: D, the size of the embeddings.
+        lr: Adam's learning rate.
+        steps: meta-training steps.
+    """
+
+    feature_dim: int = 64
+    lr: float = 1e-3
+    steps: int = 1_000
+
+    @classmethod
+    def preset(cls, budget: Budget, **changes) -> Config:
+        """The book's recipe at ``budget``: 1,000 steps, or 5,000 for ``long``."""
+        return cls(**{"steps": budget.pick(default=1_000, long=5_000), **changes})
+
+
+def build(config: Config, data: FeatureClasses) -> WeightPredictor:
+    """The untrained predictor (φ = identity: cosine prototypes); it reads embeddings."""
+    return WeightPredictor(nn.Identity(), config.feature_dim)
+
+
+def train(
+    config: Config, data: FeatureClasses, generator: torch.Generator, device: torch.device
+) -> Run:
+    """Meta-train the predictor on ``data`` (:func:`metalib.blackbox.fit_on_features`)."""
+    model = build(config, data).to(device)
+    history = fit_on_features(
+        model, data, config.steps, config.lr, generator, desc="weight predictor"
+    )
+    return Run(model, history)
+
+
+def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)`` of ``episode``'s queries (embeddings): one pass, no gradient."""
+    with torch.no_grad():
+        return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)

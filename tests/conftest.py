@@ -67,6 +67,39 @@ def one_point_episode():
     return Episode(t(2.0), t(1.0), t(-1.0), t(0.5))
 
 
+def count_training(monkeypatch: pytest.MonkeyPatch, recipe) -> list[int]:
+    """Wrap a learner module's ``train`` so that each call appends to the list returned."""
+    calls, train = [], recipe.train
+
+    def counted(*args):
+        calls.append(1)
+        return train(*args)
+
+    monkeypatch.setattr(recipe, "train", counted)
+    return calls
+
+
+def tiny_learners() -> dict[str, dict]:
+    """``compare``'s overrides that make every learner of the registry train in a second or so
+    (the shared backbone: ``"backbone"``), on 16 x 16 images with 16 per class."""
+    from metalib import maml
+    from metalib.finetune import FinetuneConfig, PretrainConfig
+
+    tiny_maml = {"steps": 1, "hidden": 8, "tasks": 2}
+    return {
+        "backbone": {"hidden": 8, "pretrain": PretrainConfig(steps=2, batch_size=32, lr=2e-3)},
+        "fine-tuning (last layer)": {"tune": FinetuneConfig(steps=2, lr=1e-2, body_lr=0.0)},
+        "MAML": tiny_maml,
+        "first-order MAML": tiny_maml,
+        "Meta-SGD": {"base": maml.Config(**tiny_maml)},
+        "Reptile": {"steps": 1, "hidden": 8, "tasks": 2, "test_steps": 2},
+        "LSTM learner": {"steps": 1, "feature_dim": 8},
+        "attention learner": {"steps": 1, "feature_dim": 8},
+        "weight predictor": {"steps": 1, "feature_dim": 8},
+        "ProtoNet": {"steps": 1, "hidden": 8, "train_way": 5},
+    }
+
+
 @pytest.fixture
 def tiny_classes() -> ImageClasses:
     """12 classes x 6 images of 8 x 8; pixel (0, 0) holds the class id, pixel (0, 1) the sample."""

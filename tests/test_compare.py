@@ -5,20 +5,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
-from metalib import methods
-from metalib.compare import Comparison, Row, cache_key, compare, source_digest
+from conftest import count_training, tiny_learners
+from metalib import maml, methods
+from metalib.compare import Comparison, Row, compare
 from metalib.data.base import ImageClasses
+from metalib.finetune import PretrainConfig
 from metalib.tasks import Episode
 
-TINY_BACKBONE = {"hidden": 8, "steps": 2, "lr": 2e-3}
 TINY = {
+    "backbone": {"hidden": 8, "pretrain": PretrainConfig(steps=2, batch_size=32, lr=2e-3)},
     "ProtoNet": {"steps": 2, "hidden": 8, "train_way": 5},
-    "weight predictor": {"steps": 2, "hidden": 8, "backbone": TINY_BACKBONE},
+    "weight predictor": {"steps": 2, "feature_dim": 8},
 }
 NAMES = ["pixel nearest neighbour", "ProtoNet", "weight predictor"]
 
@@ -46,49 +47,8 @@ def _run(data, folder, names=NAMES, **kwargs):
 
 
 def _counting(monkeypatch, name: str) -> list[int]:
-    """Replace a method's train function by one that counts its calls."""
-    calls = []
-    method = methods.REGISTRY[name]
-
-    def train(settings, inputs, generator):
-        calls.append(1)
-        return method.train(settings, inputs, generator)
-
-    monkeypatch.setitem(methods.REGISTRY, name, dataclasses.replace(method, train=train))
-    return calls
-
-
-def test_cache_key_changes_with_settings_and_sources(tmp_path):
-    a, b = tmp_path / "a.py", tmp_path / "b.py"
-    a.write_text("x = 1\n")
-    b.write_text("y = 2\n")
-    cpu = torch.device("cpu")
-    code = source_digest([a, b])
-    key = cache_key("MAML", {"steps": 10}, code, cpu)
-    assert cache_key("MAML", {"steps": 10}, source_digest([a, b]), cpu) == key
-    assert cache_key("MAML", {"steps": 11}, code, cpu) != key
-    assert cache_key("Reptile", {"steps": 10}, code, cpu) != key
-    assert cache_key("MAML", {"steps": 10}, code, torch.device("meta")) != key
-    b.write_text("y = 3\n")  # one source file edited: every key changes
-    assert cache_key("MAML", {"steps": 10}, source_digest([a, b]), cpu) != key
-
-
-def test_default_sources_are_the_modules_the_learners_run():
-    """The learners' code keys the cache; the grader, plots and widgets do not."""
-    from metalib.compare import source_files
-
-    root = Path(__import__("metalib").__file__).parent
-    files = {p.relative_to(root).as_posix() for p in source_files()}
-    assert {"compare.py", "methods.py", "maml.py", "meta_sgd.py", "nets.py", "protonet.py"} <= files
-    assert {"data/cache.py", "data/glyphs.py", "data/__init__.py", "__init__.py"} <= files
-    assert not any(f.startswith("grading/") for f in files)
-    assert not {"plots.py", "widgets.py", "book.py", "tta.py"} & files
-    # imports inside functions count, and a module's own list is its closure
-    assert "data/glyphs.py" in {
-        p.relative_to(root).as_posix() for p in source_files("metalib.compare")
-    }
-    nets_only = {p.relative_to(root).as_posix() for p in source_files("metalib.nets")}
-    assert nets_only == {"__init__.py", "nets.py"}
+    """Count the calls of the train function of a learner's recipe."""
+    return count_training(monkeypatch, methods.REGISTRY[name].learner)
 
 
 def test_second_call_reuses_the_cache(monkeypatch, tmp_path, data):
@@ -128,16 +88,19 @@ def test_corrupt_cache_file_is_rebuilt(monkeypatch, tmp_path, data):
 
 def test_every_method_sees_the_same_episodes(monkeypatch, tmp_path, data):
     seen: dict[str, list[Episode]] = {}
-    for name in NAMES:
-        method = methods.REGISTRY[name]
 
-        def predict(model, settings, episode, name=name, method=method):
-            seen.setdefault(name, []).append(episode)
-            return method.predict(model, settings, episode)
+    def watch(name, predict):
+        def watched(*args):
+            seen.setdefault(name, []).append(args[-1])
+            return predict(*args)
 
-        monkeypatch.setitem(methods.REGISTRY, name, dataclasses.replace(method, predict=predict))
+        return watched
+
+    monkeypatch.setattr(methods, "pixel_logits", watch("pixel", methods.pixel_logits))
+    for name, module in (("proto", methods.protonet), ("wp", methods.weight_predictor)):
+        monkeypatch.setattr(module, "predict", watch(name, module.predict))
     _run(data, tmp_path)
-    pixel, proto, wp = (seen[n] for n in NAMES)
+    pixel, proto, wp = (seen[n] for n in ("pixel", "proto", "wp"))
     assert len(pixel) == len(proto) == len(wp) == 10  # (1 for memory + 4 episodes) x 2 shots
     for a, b, c in zip(pixel, proto, wp, strict=True):
         for field in ("support_x", "support_y", "query_x", "query_y", "classes"):
@@ -159,8 +122,8 @@ def test_pixel_nearest_neighbour_on_a_hand_made_episode():
         torch.tensor([[1, 0, 0]]),
         torch.tensor([[3, 7]]),
     )  # the support is listed bright first: labels come from the support set, not positions
-    method = methods.REGISTRY["pixel nearest neighbour"]
-    logits = method.predict(torch.nn.Module(), {}, ep)
+    assert methods.REGISTRY["pixel nearest neighbour"].learner is None
+    logits = methods.pixel_logits(ep)
     torch.testing.assert_close(logits, torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]]))
 
 
@@ -251,24 +214,41 @@ def test_other_training_data_trains_again(monkeypatch, tmp_path, data):
 def test_feature_learners_pay_for_embedding_each_task(monkeypatch, tmp_path, data):
     """A learner reading embeddings is timed with the encoder's pass over the task's images."""
     seen = []
-    build = methods.build_backbone
+    build = methods.BACKBONE.build
 
-    def counting_backbone(settings, split, device):
-        net = build(settings, split, device)
+    def counting_backbone(config, split):
+        net = build(config, split)
         net.body.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
         return net
 
-    monkeypatch.setattr(methods, "build_backbone", counting_backbone)
+    monkeypatch.setattr(methods.BACKBONE, "build", counting_backbone)
     _run(data, tmp_path, names=["weight predictor"], shots=(2,), cache=False)
     # embedding the splits (train and test, 80 and 48 images) happens once; then each of the
     # 4 timed tasks and the memory probe embed 5 ways x (2 shots + 2 queries) = 20 images
     assert seen.count(20) == 5, seen
 
 
+def test_feature_learners_are_keyed_by_their_backbone(monkeypatch, tmp_path, data):
+    """Another backbone gives other embeddings: the learners reading them train again."""
+    calls = _counting(monkeypatch, "weight predictor")
+    _run(data, tmp_path, names=["weight predictor"])
+    _run(data, tmp_path, names=["weight predictor"])
+    assert len(calls) == 1
+    other = {**TINY, "backbone": {**TINY["backbone"], "hidden": 6}}
+    _run(
+        data,
+        tmp_path,
+        names=["weight predictor"],
+        overrides={**other, "weight predictor": {"steps": 2, "feature_dim": 6}},
+    )
+    assert len(calls) == 2
+
+
 def test_meta_sgd_trains_caches_and_reloads_its_step_sizes(monkeypatch, tmp_path, data):
     """Meta-SGD's state holds the network and its step sizes; a cached run scores the same."""
     calls = _counting(monkeypatch, "Meta-SGD")
-    tiny = {"Meta-SGD": {"steps": 2, "hidden": 8, "tasks": 2, "test_steps": 2}}
+    base = maml.Config(steps=2, hidden=8, tasks=2, test_steps=2)
+    tiny = {"Meta-SGD": {"base": base}}
     g = torch.Generator().manual_seed(3)  # 16 images per class: training draws 1 + 15 of them
     images = torch.randint(0, 256, (10, 16, 16, 16), generator=g, dtype=torch.uint8)
     names = tuple(f"c{i}" for i in range(10))
@@ -297,3 +277,23 @@ def test_cpu_peak_memory_counts_the_tensors_alive_together():
     peaks = [peak_memory_mb(fn, cpu) for _ in range(2)]
     assert 3.0 <= peaks[0] < 3.01 and peaks[1] == peaks[0]
     assert kept.numel() == 2**20
+
+
+def test_every_learner_trains_once_then_loads(tmp_path):
+    """Every recipe of the registry trains, is stored, and a second comparison loads them all:
+    the same accuracies, no training (``cached`` on every row that trains something)."""
+    g = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (10, 16, 16, 16), generator=g, dtype=torch.uint8)
+    names = tuple(f"c{i}" for i in range(10))
+    train = ImageClasses("rand16/train", images, names, ("g",) * 10)
+    kwargs = {"shots": (1,), "n_episodes": 2, "queries": 2, "overrides": tiny_learners()}
+    data = (train, _split("rand/test", 6, 1))
+    first = list(compare(None, data=data, folder=tmp_path, **kwargs))
+    again = list(compare(None, data=data, folder=tmp_path, **kwargs))
+    assert [r.method for r in first] == list(methods.REGISTRY)
+    assert not any(r.cached for r in first)
+    assert all(r.cached for r in again[1:]) and not again[0].cached  # pixel NN: nothing to load
+    assert [r.accuracy for r in again] == [r.accuracy for r in first]
+    assert [r.train_seconds for r in again] == [r.train_seconds for r in first]
+    # one file per recipe: the backbone (also fine-tuning's), two black boxes, two MAMLs, ...
+    assert len(list(tmp_path.glob("*.pt"))) == 9

@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from conftest import tiny_learners  # noqa: E402
 from metalib import (  # noqa: E402
     blackbox,
     features,
@@ -33,6 +34,7 @@ from metalib import (  # noqa: E402
     optimizees,
     plots,
     protonet,
+    reptile,
     reweight,
     train,
     tta,
@@ -117,7 +119,7 @@ def test_maml_training_steps_and_curve(device_under_test):
     for vectorise in (False, True):
         config = maml.MAMLConfig(1, 0.01, vectorise=vectorise)
         maml.meta_step(net, opt, _sinusoids().to(dev), F.mse_loss, config)
-    maml.reptile_step(net, _sinusoids().to(dev), F.mse_loss, 2, 0.02, 0.5)
+    reptile.step(net, _sinusoids().to(dev), F.mse_loss, 2, 0.02, 0.5)
     curve = maml.adaptation_curve(net, _sinusoids().to(dev), F.mse_loss, 0.01, 3)
     _on_cpu(curve)
     assert curve.shape == (3, 4)
@@ -208,25 +210,18 @@ def test_hypernetwork_and_reweighting(device_under_test):
 
 # the comparison ----------------------------------------------------------------------------------
 
-BACKBONE = {"hidden": 8, "steps": 2, "lr": 2e-3}
-TINY = {
-    "fine-tuning (last layer)": {"backbone": BACKBONE, "ft_steps": 2},
-    "MAML": {"steps": 1, "hidden": 8, "tasks": 2},
-    "first-order MAML": {"steps": 1, "hidden": 8, "tasks": 2},
-    "Meta-SGD": {"steps": 1, "hidden": 8, "tasks": 2},
-    "Reptile": {"steps": 1, "hidden": 8, "tasks": 2, "test_steps": 2},
-    "LSTM learner": {"steps": 1, "hidden": 8, "backbone": BACKBONE},
-    "attention learner": {"steps": 1, "hidden": 8, "backbone": BACKBONE},
-    "weight predictor": {"steps": 1, "hidden": 8, "backbone": BACKBONE},
-    "ProtoNet": {"steps": 1, "hidden": 8, "train_way": 5},
-}
-
 
 def test_compare_every_method_on_the_runtime_device(device_under_test, monkeypatch, tmp_path):
     monkeypatch.setenv("METALIB_DEVICE", str(device_under_test))
     data = (_images("rand/train", n_classes=10, per_class=16), _images("rand/test", 6, 8))
     result = compare(
-        None, shots=(1,), n_episodes=2, queries=2, data=data, overrides=TINY, folder=tmp_path
+        None,
+        shots=(1,),
+        n_episodes=2,
+        queries=2,
+        data=data,
+        overrides=tiny_learners(),
+        folder=tmp_path,
     )
     assert result.device == device_under_test.type
     assert len(result) == 10

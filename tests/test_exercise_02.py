@@ -12,7 +12,7 @@ from conftest import (
     exercise_tests,
     solution,
 )
-from metalib import maml
+from metalib import maml, reptile
 
 NAME = "02_maml"
 
@@ -147,7 +147,7 @@ def _reptile_torch(variant: str):
                 optimiser.step()
             adapted.append({k: t.detach().clone() for k, t in w.items()})
         stacked = {k: torch.stack([a[k] for a in adapted]) for k in params}
-        return maml.reptile_update({k: t.detach() for k, t in params.items()}, stacked, beta)
+        return reptile.update({k: t.detach() for k, t in params.items()}, stacked, beta)
 
     return reptile_adam
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,9 @@ def _learn(variant: str):
             if variant == "theta":  # one more backward for θ's gradient
                 cfg = maml.MAMLConfig(inner_steps, 1.0, vectorise=False, fast_loop=False)
                 lrs = dict.fromkeys(theta, s.detach().exp())
-                maml.task_losses(model, theta, episode, F.mse_loss, cfg, lrs).mean().backward()
+                maml.task_losses(
+                    model, theta, episode, F.mse_loss, replace(cfg, inner_lr=lrs)
+                ).mean().backward()
             losses.append(loss.item())
             optimizer.step()
         after = before if variant == "after at start" else meta_loss(eval_episode)[1].item()
@@ -239,7 +242,9 @@ def _learn_with_one_s(model, params, episodes, eval_episode, alpha0, meta_lr, in
 
     def meta_loss(episode):
         lrs = {k: s.exp() for k in params}
-        return maml.task_losses(model, params, episode, F.mse_loss, config, lrs).mean()
+        return maml.task_losses(
+            model, params, episode, F.mse_loss, replace(config, inner_lr=lrs)
+        ).mean()
 
     with torch.no_grad():
         before = meta_loss(eval_episode).item()

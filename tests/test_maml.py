@@ -3,6 +3,7 @@ differences, Hessian-vector products, the per-task loop and Reptile's formula.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import grad, jvp
 
 from conftest import linear_model, one_point_episode
-from metalib import maml
+from metalib import maml, reptile
 from metalib.maml import MAMLConfig
 from metalib.nets import MLP, Conv4, forward_with
 from metalib.tasks import Episode
@@ -181,7 +182,7 @@ def test_reptile_step_equals_the_batched_formula():
             opt.step()
         for k, w in copy.named_parameters():
             reference[k] += (w.detach() - theta[k]) / 3
-    maml.reptile_step(net, episode, F.mse_loss, steps, alpha, beta)
+    reptile.step(net, episode, F.mse_loss, steps, alpha, beta)
     for k, w in net.named_parameters():
         torch.testing.assert_close(w.detach(), theta[k] + beta * reference[k], rtol=0, atol=1e-12)
 
@@ -189,12 +190,12 @@ def test_reptile_step_equals_the_batched_formula():
 def test_reptile_update_formula_and_errors():
     params = {"w": torch.tensor([1.0, 2.0])}
     adapted = {"w": torch.tensor([[3.0, 2.0], [1.0, 6.0]])}
-    out = maml.reptile_update(params, adapted, 0.5)
+    out = reptile.update(params, adapted, 0.5)
     torch.testing.assert_close(out["w"], torch.tensor([1.5, 3.0]))
     with pytest.raises(ValueError, match="n_tasks"):
-        maml.reptile_update(params, {"w": torch.zeros(2, 3)}, 0.5)
+        reptile.update(params, {"w": torch.zeros(2, 3)}, 0.5)
     with pytest.raises(ValueError, match="do not match"):
-        maml.reptile_update(params, {"v": torch.zeros(2, 2)}, 0.5)
+        reptile.update(params, {"v": torch.zeros(2, 2)}, 0.5)
 
 
 def test_accuracy_fn_scores_each_task():
@@ -273,20 +274,24 @@ def test_fast_loop_meta_gradient_matches_a_finite_difference():
     torch.testing.assert_close(analytic, fd, rtol=1e-6, atol=1e-9)
 
 
-def test_default_config_runs_the_fast_loop_on_a_cpu():
+def test_default_config_runs_the_fast_loop_on_a_cpu_and_decides_once():
     net = tiny_conv4()
     params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
     episode = random_episode(3)
     cases = [
-        (MAMLConfig(), 3),  # vectorise=None on a CPU: the per-task loop, fast
-        (MAMLConfig(vectorise=False), 3),
-        (MAMLConfig(vectorise=False, fast_loop=False), 0),  # the plain loop
-        (MAMLConfig(vectorise=True), 0),  # vmap ignores fast_loop
+        (MAMLConfig(), False, True),  # vectorise=None on a CPU: the per-task loop, fast
+        (MAMLConfig(vectorise=False), False, True),
+        (MAMLConfig(vectorise=False, fast_loop=False), False, False),  # the plain loop
+        (MAMLConfig(vectorise=True), True, False),  # vmap ignores fast_loop
     ]
-    for config, expected in cases:
-        with mock.patch.object(maml, "_fast_query_outputs", wraps=maml._fast_query_outputs) as fast:
+    for config, vectorised, fast in cases:
+        with mock.patch.object(maml, "_path", wraps=maml._path) as decide:
             maml.meta_gradient(net, params, episode, F.cross_entropy, config)
-        assert fast.call_count == expected, config
+        assert decide.call_count == 1, config  # once per call, not once per task
+        path = (
+            decide.spy_return if hasattr(decide, "spy_return") else maml._path(net, config, episode)
+        )
+        assert path.vectorise == vectorised and (path.layout is maml._channels_last) == fast
 
 
 def test_channels_last_copies_images_into_channels_last_memory():
@@ -376,7 +381,9 @@ def test_step_size_paths_give_the_plain_loop_values_and_gradients(vectorise):
         MAMLConfig(2, vectorise=False, fast_loop=False),
         MAMLConfig(2, vectorise=vectorise, fast_loop=True),
     ):
-        losses = maml.task_losses(net, params, episode, F.cross_entropy, config, lrs)
+        losses = maml.task_losses(
+            net, params, episode, F.cross_entropy, replace(config, inner_lr=lrs)
+        )
         results.append((losses, torch.autograd.grad(losses.mean(), leaves)))
     (l_plain, g_plain), (l_other, g_other) = results
     torch.testing.assert_close(l_other, l_plain, rtol=1e-12, atol=0)

@@ -5,6 +5,7 @@ meta-gradient by hand and against finite differences in float64, vmap against th
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 import torch
@@ -151,7 +152,9 @@ def test_step_size_meta_gradient_matches_finite_differences():
     _, g_lrs, _ = meta_sgd.meta_gradient(model, episode, F.cross_entropy, config)
 
     def meta_loss(lrs):
-        return maml.task_losses(model.net, theta, episode, F.cross_entropy, config, lrs).mean()
+        return maml.task_losses(
+            model.net, theta, episode, F.cross_entropy, replace(config, inner_lr=lrs)
+        ).mean()
 
     g = torch.Generator().manual_seed(4)
     eps = 1e-6
@@ -177,7 +180,9 @@ def test_step_size_meta_gradient_passes_gradcheck():
 
     def meta_loss(*alphas):
         lrs = dict(zip(names, alphas, strict=True))
-        return maml.task_losses(net, theta, episode, F.mse_loss, config, lrs).mean()
+        return maml.task_losses(
+            net, theta, episode, F.mse_loss, replace(config, inner_lr=lrs)
+        ).mean()
 
     alphas = tuple(
         0.05 + 0.2 * torch.rand(v.shape, generator=g, dtype=v.dtype) for v in theta.values()

@@ -33,7 +33,7 @@ Tolerances: 1e-9 (absolute) and 1e-7 (relative) in float64, 1e-5 and 1e-4 otherw
 
 References: :func:`reference_anil_inner_loop`, :func:`reference_lslr_meta_gradient` (on
 :func:`metalib.maml.adapt`), :func:`reference_reptile_adam` (``torch.optim.Adam``, then
-:func:`metalib.maml.reptile_update`), :func:`reference_inner_lr_sweep`. A wrong answer is matched
+:func:`metalib.reptile.update`), :func:`reference_inner_lr_sweep`. A wrong answer is matched
 against the usual mistakes (first order where second order was asked, the body adapted too or
 cut from the graph, one step size for every step, SGD or a shared Adam for the tasks, no bias
 correction, diverged runs left as they are...) so that the message can say which one it is.
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from metalib import maml
+from metalib import maml, reptile
 from metalib.data.sinusoid import SinusoidFamily
 from metalib.grading import builders, feedback
 from metalib.grading.question import (
@@ -513,7 +513,7 @@ def reference_reptile_adam(model, params, x, y, loss_fn, steps, lr, betas, beta)
             optimiser.step()
         adapted.append({k: t.detach() for k, t in w.items()})
     stacked = {k: torch.stack([a[k] for a in adapted]) for k in params}
-    return maml.reptile_update(params, stacked, beta)
+    return reptile.update(params, stacked, beta)
 
 
 def reptile_case(model: Spec, n_tasks: int, m: int, seed: int, steps: int, lr: float, betas, beta):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -457,7 +458,7 @@ def reference_layerwise_meta_gradient(model, params, log_lrs, episode, loss_fn, 
         raise ValueError("log_lrs holds one step size per tensor: each entry must be 0-d")
     lrs = {k: s.exp() for k, s in log_lrs.items()}
     config = MAMLConfig(steps, 1.0, vectorise=False, fast_loop=False)  # inner_lr: lrs instead
-    loss = maml.task_losses(model, params, episode, loss_fn, config, lrs).mean()
+    loss = maml.task_losses(model, params, episode, loss_fn, replace(config, inner_lr=lrs)).mean()
     names = list(params)
     grads = torch.autograd.grad(loss, [log_lrs[k] for k in names], allow_unused=True)
     return {
@@ -476,7 +477,7 @@ def _meta(variant: str) -> Callable:
         lrs = {k: s if variant == "no exp" else s.exp() for k, s in log_lrs.items()}
         steps = 1 if variant == "one step" else steps
         cfg = MAMLConfig(steps, 1.0, variant == "first order", vectorise=False, fast_loop=False)
-        loss = maml.task_losses(model, params, episode, loss_fn, cfg, lrs)
+        loss = maml.task_losses(model, params, episode, loss_fn, replace(cfg, inner_lr=lrs))
         loss = loss.sum() if variant == "sum" else loss.mean()
         wrt = [(lrs if variant == "alpha" else log_lrs)[k] for k in names]
         grads = torch.autograd.grad(loss, wrt)
@@ -637,7 +638,9 @@ def _learn(variant: str) -> Callable:
 
         def meta_loss(episode: Episode) -> torch.Tensor:
             lrs = dict.fromkeys(theta, s if variant == "alpha" else s.exp())
-            return maml.task_losses(model, theta, episode, F.mse_loss, cfg, lrs).mean()
+            return maml.task_losses(
+                model, theta, episode, F.mse_loss, replace(cfg, inner_lr=lrs)
+            ).mean()
 
         before, losses = meta_loss(eval_episode).item(), []
         for episode in episodes:
