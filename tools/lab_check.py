@@ -210,15 +210,23 @@ class LabServer:
         to reach the network (news, update checks, PyPI)."""
         bad = re.compile(r"^\[E |Traceback|Failed to (get|check|fetch)|jupyter\.org|pypi\.org")
         problems, block = [], None
+
+        def report(block: list[str]) -> None:
+            # the browser closed a websocket while the server still wrote to it (a tab moving on
+            # or closing): tornado logs the traceback, nothing of the notebook went wrong
+            last = [line.strip() for line in block if line.strip()][-1]
+            if last != "tornado.websocket.WebSocketClosedError":
+                problems.append("server log: " + "\n    ".join(block)[:3000])
+
         for line in self.log()[since:].splitlines():
             if block is not None and not line.startswith("["):
                 block.append(line)  # the rest of a traceback or message
                 continue
             if block:
-                problems.append("server log: " + "\n    ".join(block)[:3000])
+                report(block)
             block = [line.strip()] if bad.search(line) else None
         if block:
-            problems.append("server log: " + "\n    ".join(block)[:3000])
+            report(block)
         return problems
 
     def start(self) -> LabServer:
