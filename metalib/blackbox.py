@@ -41,7 +41,7 @@ from metalib.features import FeatureClasses
 from metalib.nets import embed_tasks
 from metalib.runtime import Budget
 from metalib.tasks import Episode, check_labelled, sample_episodes
-from metalib.train import History, accuracy, fit
+from metalib.train import History, accuracy, episode_logits, fit
 from metalib.trained import Run
 
 KINDS = ("lstm", "attention")
@@ -363,5 +363,4 @@ def train(
 
 def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
     """Logits ``(T, N*Q, N)`` of ``episode``'s queries (embeddings): one pass, no gradient."""
-    with torch.no_grad():
-        return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+    return episode_logits(model, episode)

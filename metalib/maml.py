@@ -461,8 +461,14 @@ def train(
     return Run(net, fit(step, config.steps, desc=desc))
 
 
-def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
-    """Logits ``(T, N*Q, N)``: the initialisation adapted to each task by ``test_steps`` steps."""
-    test = MAMLConfig(config.test_steps, config.inner.inner_lr, first_order=True)
+def adapted_logits(model: nn.Module, episode: Episode, steps: int, lr: float) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)`` of ``model``'s weights adapted to each task by ``steps`` first-order
+    steps of size ``lr`` on its support set (how MAML and Reptile meet a test task)."""
+    test = MAMLConfig(steps, lr, first_order=True)
     params = {k: v.detach() for k, v in model.named_parameters()}
     return episode_outputs(model, params, episode, F.cross_entropy, test).detach()
+
+
+def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)``: the initialisation adapted to each task by ``test_steps`` steps."""
+    return adapted_logits(model, episode, config.test_steps, config.inner.inner_lr)

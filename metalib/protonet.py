@@ -40,7 +40,7 @@ from metalib.data.base import ImageClasses
 from metalib.nets import embed_tasks, fast_conv4
 from metalib.runtime import Budget
 from metalib.tasks import Episode, check_labelled, sample_episodes
-from metalib.train import episode_loss, fit
+from metalib.train import episode_logits, episode_loss, fit
 from metalib.trained import Run
 
 METRICS = ("euclidean", "cosine")
@@ -255,5 +255,4 @@ def train(
 
 def predict(config: Config, model: ProtoNet, episode: Episode) -> torch.Tensor:
     """Logits ``(T, N*Q, N)`` of ``episode``'s queries: one forward pass, no gradient."""
-    with torch.no_grad():
-        return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+    return episode_logits(model, episode)

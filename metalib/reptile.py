@@ -160,6 +160,4 @@ def train(
 
 def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
     """Logits ``(T, N*Q, N)``: the initialisation adapted by ``test_steps`` gradient steps."""
-    test = maml.MAMLConfig(config.test_steps, config.inner_lr, first_order=True)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    return maml.episode_outputs(model, params, episode, F.cross_entropy, test).detach()
+    return maml.adapted_logits(model, episode, config.test_steps, config.inner_lr)

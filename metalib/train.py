@@ -259,6 +259,12 @@ def episode_loss(model: nn.Module, episode: Episode) -> tuple[torch.Tensor, torc
     return loss, accuracy(out.detach(), episode.query_y)
 
 
+def episode_logits(model: nn.Module, episode: Episode) -> torch.Tensor:
+    """Logits ``(T, N*Q, N)`` of an episodic classifier on ``episode``'s queries, no gradient."""
+    with torch.no_grad():
+        return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+
+
 def episode_accuracy_fn(model: nn.Module) -> Callable[[Episode], torch.Tensor]:
     """``fn(episode) -> (T,)`` query accuracies of an episodic classifier, for :func:`evaluate`.
 
@@ -268,9 +274,7 @@ def episode_accuracy_fn(model: nn.Module) -> Callable[[Episode], torch.Tensor]:
 
     def fn(episode: Episode) -> torch.Tensor:
         episode = episode.to(device)
-        with torch.no_grad():
-            out = model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
-        return accuracy(out, episode.query_y)
+        return accuracy(episode_logits(model, episode), episode.query_y)
 
     return fn
 

@@ -37,6 +37,7 @@ from metalib.nets import embed_tasks
 from metalib.protonet import logits, prototypes
 from metalib.runtime import Budget
 from metalib.tasks import Episode
+from metalib.train import episode_logits
 from metalib.trained import Run
 
 
@@ -164,5 +165,4 @@ def train(
 
 def predict(config: Config, model: nn.Module, episode: Episode) -> torch.Tensor:
     """Logits ``(T, N*Q, N)`` of ``episode``'s queries (embeddings): one pass, no gradient."""
-    with torch.no_grad():
-        return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+    return episode_logits(model, episode)
