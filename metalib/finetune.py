@@ -107,13 +107,28 @@ class FinetuneConfig:
 def _fit_head_on_features(
     head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, steps: int, lr: float
 ) -> None:
-    """Train ``head`` on fixed ``(B, D)`` features: a linear probe, no body forward passes."""
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = F.cross_entropy(head(feats), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    """Train ``head`` in place on fixed ``(B, D)`` features: a linear probe, full-batch Adam.
+
+    The same steps as ``torch.optim.Adam`` (betas 0.9 and 0.999, eps 1e-8) on the mean cross
+    entropy, with its gradient written out (softmax minus one-hot, times the features) instead of
+    taken by autograd: for a 64 x 5 head the per-step overhead of autograd and the optimizer is
+    most of the cost, and this is several times faster on a CPU. Weight and bias are fitted as
+    one ``(N, D + 1)`` matrix on the features with a column of ones.
+    """
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    with torch.no_grad():
+        x = torch.cat([feats, feats.new_ones(len(feats), 1)], dim=1)  # (B, D + 1)
+        w = torch.cat([head.weight, head.bias[:, None]], dim=1)  # (N, D + 1)
+        target = F.one_hot(y, w.shape[0]).to(x.dtype)
+        m, v = torch.zeros_like(w), torch.zeros_like(w)
+        for t in range(1, steps + 1):
+            g = (torch.softmax(x @ w.T, dim=1) - target).T @ x / len(x)  # d mean CE / d w
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / (1 - b2**t) ** 0.5).add_(eps)
+            w.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+        head.weight.copy_(w[:, :-1])
+        head.bias.copy_(w[:, -1])
 
 
 def finetune(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from metalib import finetune as finetune_module
 from metalib.data.base import ImageClasses
 from metalib.finetune import FinetuneConfig, PretrainConfig, finetune, finetune_accuracy, pretrain
 from metalib.nets import Conv4, with_new_head
@@ -308,3 +309,25 @@ def test_finetune_accuracy_is_high_on_an_easy_task(pretrained):
     accs = finetune_accuracy(model, ep, FinetuneConfig(steps=20, lr=1e-2, body_lr=None))
     assert accs.shape == (6,)
     assert accs.mean() >= 0.9, accs
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_head_fit_takes_torch_adams_steps(dtype, tol):
+    """The written-out linear probe equals autograd + torch.optim.Adam on the mean cross entropy."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(10, 6, generator=g, dtype=dtype)
+    y = torch.tensor([0, 1, 2, 3, 4] * 2)
+    head = nn.Linear(6, 5).to(dtype)
+    reference = nn.Linear(6, 5).to(dtype)
+    reference.load_state_dict(head.state_dict())
+    start = head.weight.detach().clone()
+    finetune_module._fit_head_on_features(head, feats, y, steps=30, lr=0.05)
+    opt = torch.optim.Adam(reference.parameters(), lr=0.05)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(reference(feats), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(head.weight, reference.weight, rtol=0, atol=tol)
+    assert torch.allclose(head.bias, reference.bias, rtol=0, atol=tol)
+    assert (head.weight - start).abs().max() > 0.5  # 30 steps of 0.05 moved it
