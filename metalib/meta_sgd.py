@@ -250,7 +250,7 @@ def train(
         ep = sample_episodes(data, m.n_way, 1, m.queries, m.tasks, generator)
         return meta_step(model, opt, ep.to(device), F.cross_entropy, m.inner)
 
-    return Run(model, fit(step, m.steps, desc="Meta-SGD", log_every=10))
+    return Run(model, fit(step, m.steps, desc="Meta-SGD"))
 
 
 def predict(config: Config, model: MetaSGD, episode: Episode) -> torch.Tensor:
