@@ -181,7 +181,8 @@ class Learners:
     def features(self, split: ImageClasses) -> tuple[FeatureClasses, str]:
         """``split`` embedded by the backbone, and its identity (see ``trained.embedded``)."""
         if split.name not in self._features:
-            self._features[split.name] = embedded(self.backbone(), split)
+            features = embedded(self.backbone(), split, cache=self.cache, folder=self.folder)
+            self._features[split.name] = features
         return self._features[split.name]
 
     def learn(self, method: registry.Method) -> tuple[Any, Trained | None, float, bool]:

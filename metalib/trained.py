@@ -118,13 +118,34 @@ def data_identity(data: ImageClasses) -> str:
     return disk.digest(data.name, data.images.numpy().tobytes())
 
 
-def embedded(backbone: Trained, split: ImageClasses) -> tuple[FeatureClasses, str]:
+def embedded(
+    backbone: Trained, split: ImageClasses, *, cache: bool = True, folder: Path | None = None
+) -> tuple[FeatureClasses, str]:
     """``split`` embedded by a trained backbone's body (:func:`metalib.features.embed_classes`),
-    and the identity of those embeddings (the backbone's key and the split's): the data, and its
-    ``data_id``, of the learners that read embeddings."""
-    return embed_classes(split, backbone.model.body), disk.digest(
-        backbone.key, data_identity(split)
+    and the identity of those embeddings: the data, and its ``data_id``, of the learners that
+    read embeddings.
+
+    The identity is the backbone's key, the split's and the source of :mod:`metalib.features`.
+    Like a trained learner, the embeddings are stored in ``folder`` under it and loaded when the
+    same backbone embedded the same split before (Glyphs' training split costs a pass of the
+    backbone over 28,700 images); ``cache=False`` always embeds and stores nothing.
+    """
+    data_id = disk.digest(
+        backbone.key, data_identity(split), source_digest(source_files("metalib.features"))
     )
+    path = _folder(folder) / f"features-{data_id}.pt"
+    entry = disk.load(path) if cache else None
+    if entry is not None:
+        return FeatureClasses(entry["name"], entry["features"]), data_id
+    features = embed_classes(split, backbone.model.body)
+    if cache:
+        disk.save(path, {"name": features.name, "features": features.features})
+    return features, data_id
+
+
+def _folder(folder: Path | None) -> Path:
+    """Where trained learners and embeddings are stored (default: the cache's ``trained``)."""
+    return runtime.cache_dir() / "trained" if folder is None else Path(folder)
 
 
 def recipe_key(
@@ -178,9 +199,7 @@ def train_once(
         learner, config, data_identity(data) if data_id is None else data_id, device, seed
     )
     name = re.sub(r"[^a-z0-9]+", "-", learner.__name__.rsplit(".", 1)[-1].lower())
-    path = (
-        runtime.cache_dir() / "trained" if folder is None else Path(folder)
-    ) / f"{name}-{key}.pt"
+    path = _folder(folder) / f"{name}-{key}.pt"
     entry = disk.load(path) if cache else None
     if entry is not None:
         model = learner.build(config, data).to(device)

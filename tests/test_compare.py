@@ -296,4 +296,6 @@ def test_every_learner_trains_once_then_loads(tmp_path):
     assert [r.accuracy for r in again] == [r.accuracy for r in first]
     assert [r.train_seconds for r in again] == [r.train_seconds for r in first]
     # one file per recipe: the backbone (also fine-tuning's), two black boxes, two MAMLs, ...
-    assert len(list(tmp_path.glob("*.pt"))) == 9
+    assert len([p for p in tmp_path.glob("*.pt") if not p.name.startswith("features-")]) == 9
+    # and the two splits embedded by the backbone, once each
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2

@@ -121,3 +121,26 @@ def test_editing_a_source_file_changes_the_digest(tmp_path):
     assert source_digest([a, b]) == before
     b.write_text("y = 3\n")
     assert source_digest([a, b]) != before
+
+
+def test_embeddings_stored_once_then_loaded(monkeypatch, tmp_path, split):
+    from metalib import trained
+    from metalib.nets import Conv4
+    from metalib.train import History
+
+    torch.manual_seed(0)
+    backbone = trained.Trained(Conv4(6, hidden=4, image_size=16), History(), key="backbone-a")
+    calls, embed = [], trained.embed_classes
+    monkeypatch.setattr(trained, "embed_classes", lambda *a: calls.append(1) or embed(*a))
+    first, first_id = trained.embedded(backbone, split, folder=tmp_path)
+    again, again_id = trained.embedded(backbone, split, folder=tmp_path)
+    assert len(calls) == 1 and again_id == first_id, "the second call loads what the first stored"
+    assert again.name == first.name and torch.equal(again.features, first.features)
+    assert first.features.shape == (6, 4, 4)
+    # another backbone: other embeddings, another identity; without the cache: embedded, no file
+    other = trained.Trained(backbone.model, History(), key="backbone-b")
+    _, other_id = trained.embedded(other, split, folder=tmp_path)
+    assert len(calls) == 2 and other_id != first_id
+    n_files = len(list(tmp_path.glob("features-*.pt")))
+    trained.embedded(backbone, split, cache=False, folder=tmp_path)
+    assert len(calls) == 3 and len(list(tmp_path.glob("features-*.pt"))) == n_files == 2
