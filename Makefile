@@ -8,9 +8,15 @@ STAMP  := $(VENV)/.installed-stamp
 # policy (spin briefly, then sleep) is kept: PASSIVE made chapter 7's many small per-task
 # operations about 1.6x slower (benchmarks/compare.py, 50 episodes: 41 s against 25 s).
 export METALIB_THREADS ?= 2
+# glibc's allocator (Linux; other systems ignore this) keeps up to 256 MB of freed memory instead
+# of handing every large block back to the system: the next tensor of that size reuses mapped
+# pages instead of faulting in fresh ones. Torch's CPU convolutions over a batch of images run up
+# to twice as fast, the book's training loops 1.2-1.5x (benchmarks/results/malloc.md). A
+# GLIBC_TUNABLES of your own is kept; values and results are the same either way.
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book check-book test test-unit test-gpu lint strip colab exercises check release grade gradescope check-tests lock bench clean
+.PHONY: print-tunables help setup book check-book test test-unit test-gpu lint strip colab exercises check release grade gradescope check-tests lock bench clean
 
 help:  ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -104,6 +110,9 @@ bench: $(STAMP)  ## Time chapters, book builds, tests and the grader (writes ben
 	$(BIN)/python benchmarks/timings.py
 	$(BIN)/python benchmarks/grading.py
 	$(BIN)/python benchmarks/maml_speed.py
+
+print-tunables:  ## Print the GLIBC_TUNABLES every command runs with (for a JupyterLab of your own)
+	@echo '$(GLIBC_TUNABLES)'
 
 clean:  ## Remove the built book and caches (keeps .venv)
 	rm -rf _build .pytest_cache

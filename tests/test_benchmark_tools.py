@@ -122,3 +122,17 @@ def test_seeds_update_replaces_only_the_chapters_it_ran():
     assert text.index("Measured first.") < text.index("Updated again (these chapters: 02_b, 03_c).")
     assert "old a" in text and "new b" in text and "old b" not in text and "new c" in text
     assert text.index("## 01_a") < text.index("## 02_b") < text.index("## 03_c")
+
+
+def test_malloc_benchmark_runs_a_workload_in_a_fresh_process_per_setting():
+    import malloc
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("GLIBC_TUNABLES is glibc's (Linux)")
+    plain, tuned = (malloc.run("forward-80", t) for t in (None, malloc.TUNED))
+    assert 0 < plain < 10_000 and 0 < tuned < 10_000  # milliseconds per forward pass
+    with pytest.raises(RuntimeError, match="no-such-workload failed"):
+        malloc.run("no-such-workload", None)
+    # the setting it measures is the one every make command runs with
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"export GLIBC_TUNABLES ?= {malloc.TUNED}\n" in makefile
