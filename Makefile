@@ -10,9 +10,11 @@ STAMP  := $(VENV)/.installed-stamp
 export METALIB_THREADS ?= 2
 # glibc's allocator (Linux; other systems ignore this) keeps up to 256 MB of freed memory instead
 # of handing every large block back to the system: the next tensor of that size reuses mapped
-# pages instead of faulting in fresh ones. Torch's CPU convolutions over a batch of images run up
-# to twice as fast, the book's training loops 1.2-1.5x (benchmarks/results/malloc.md). A
-# GLIBC_TUNABLES of your own is kept; values and results are the same either way.
+# pages instead of faulting in fresh ones. In fresh processes torch's CPU convolutions over a
+# batch of images run up to twice as fast and the recipes train 1.25-1.6x faster
+# (benchmarks/results/malloc.md); in the book build, where a long-running kernel's allocator has
+# often adapted by itself, it halved chapter 7's adaptation times of fine-tuning and the learners
+# on embeddings. A GLIBC_TUNABLES of your own is kept; values are the same either way.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456
 
 .DEFAULT_GOAL := help
