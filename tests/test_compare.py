@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import count_training, tiny_learners
+from metalib import compare as comparison
 from metalib import maml, methods
 from metalib.compare import Comparison, Row, compare
 from metalib.data.base import ImageClasses
@@ -212,7 +213,8 @@ def test_other_training_data_trains_again(monkeypatch, tmp_path, data):
 
 
 def test_feature_learners_pay_for_embedding_each_task(monkeypatch, tmp_path, data):
-    """A learner reading embeddings is timed with the encoder's pass over the task's images."""
+    """A learner reading embeddings is charged the encoder's pass over a task's images: timed
+    once per shot setting, whatever the number of such learners, and added to each one's time."""
     seen = []
     build = methods.BACKBONE.build
 
@@ -222,10 +224,19 @@ def test_feature_learners_pay_for_embedding_each_task(monkeypatch, tmp_path, dat
         return net
 
     monkeypatch.setattr(methods.BACKBONE, "build", counting_backbone)
-    _run(data, tmp_path, names=["weight predictor"], shots=(2,), cache=False)
-    # embedding the splits (train and test, 80 and 48 images) happens once; then each of the
-    # 4 timed tasks and the memory probe embed 5 ways x (2 shots + 2 queries) = 20 images
-    assert seen.count(20) == 5, seen
+    names = ["weight predictor", "attention learner"]
+    overrides = {**TINY, "attention learner": {"steps": 2, "feature_dim": 8}}
+    _run(data, tmp_path, names=names, shots=(2,), cache=False, overrides=overrides)
+    # besides embedding the splits (train and test, 80 and 48 images), passes over one task's
+    # 5 ways x (2 shots + 2 queries) = 20 images: one memory probe per learner, and for the
+    # setting one untimed pass and one timed pass per task (4 tasks)
+    assert seen.count(20) == 2 + 1 + 4, seen
+    slow = 1000.0
+    monkeypatch.setattr(comparison, "_embedding_ms", lambda encoder, episodes, device: slow)
+    rows = _run(data, tmp_path, names=names, shots=(2,), cache=False, overrides=overrides)
+    assert all(slow < r.adapt_ms < slow + 1000 for r in rows), [r.adapt_ms for r in rows]
+    pixel = _run(data, tmp_path, names=["pixel nearest neighbour"], shots=(2,))
+    assert pixel.rows[0].adapt_ms < slow  # learners on pixels pay no embedding
 
 
 def test_feature_learners_are_keyed_by_their_backbone(monkeypatch, tmp_path, data):
