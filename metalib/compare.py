@@ -7,8 +7,8 @@ version, the device type and the seed), and scores every learner on the *same* f
 episodes (one :class:`~metalib.tasks.FixedEpisodes` per shot setting, from one seed), one task
 at a time, measuring the adaptation time per task and the peak memory of adaptation (the learners
 that read embeddings are charged the shared backbone's pass over a task's images, timed once per
-setting: :func:`_embedding_ms`). A cached
-row reports the training time of the run that trained it (``cached=True``).
+setting: :func:`_embedding_ms`). A cached row reports the training time of the run that
+trained it (``cached=True``).
 """
 
 from __future__ import annotations
