@@ -28,7 +28,6 @@ and the inner loop stays a pure function.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ from metalib.data.base import ImageClasses
 from metalib.nets import Conv4, fast_conv4, forward_with, with_batch_norm_kernel
 from metalib.runtime import Budget
 from metalib.tasks import Episode, sample_episodes
-from metalib.train import accuracy, fit
+from metalib.train import fit
 from metalib.trained import Run
 
 Params = dict[str, torch.Tensor]
@@ -346,27 +345,6 @@ def meta_step(
         p.grad = grads[k]
     optimizer.step()
     return {"loss": losses.mean().item()}
-
-
-def accuracy_fn(
-    model: nn.Module, config: MAMLConfig, loss_fn: LossFn = F.cross_entropy
-) -> Callable[[Episode], torch.Tensor]:
-    """A function ``episode -> (T,) query accuracies`` after adaptation, for ``train.evaluate``.
-
-    It adapts ``model``'s current weights (first order: evaluation needs no outer graph) on
-    each task's support set and scores the query set; the episode is moved to the model's
-    device.
-    """
-    device = next(model.parameters()).device
-    eval_config = dataclasses.replace(config, first_order=True)
-
-    def fn(episode: Episode) -> torch.Tensor:
-        episode = episode.to(device)
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        logits = episode_outputs(model, params, episode, loss_fn, eval_config)
-        return accuracy(logits.detach(), episode.query_y)
-
-    return fn
 
 
 def adaptation_curve(

@@ -20,7 +20,6 @@ parameters, and an elementwise product per inner step.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ from metalib.data.base import ImageClasses
 from metalib.maml import LossFn, MAMLConfig, Params, check_step_sizes
 from metalib.runtime import Budget
 from metalib.tasks import Episode, sample_episodes
-from metalib.train import accuracy, fit
+from metalib.train import fit
 from metalib.trained import Run
 
 
@@ -193,19 +192,6 @@ def episode_outputs(
     return maml.episode_outputs(model.net, theta, episode, loss_fn, eval_config).detach()
 
 
-def accuracy_fn(
-    model: MetaSGD, config: MAMLConfig, loss_fn: LossFn = F.cross_entropy
-) -> Callable[[Episode], torch.Tensor]:
-    """A function ``episode -> (T,) query accuracies`` after adaptation, for ``train.evaluate``."""
-    device = next(model.parameters()).device
-
-    def fn(episode: Episode) -> torch.Tensor:
-        episode = episode.to(device)
-        return accuracy(episode_outputs(model, episode, loss_fn, config), episode.query_y)
-
-    return fn
-
-
 def step_size_summary(model: MetaSGD) -> list[tuple[str, torch.Tensor]]:
     """Each parameter tensor's step sizes, flattened, by name: ``[(name, (numel,)), ...]``."""
     return [(k, v.detach().flatten().cpu()) for k, v in model.step_sizes().items()]
@@ -213,7 +199,7 @@ def step_size_summary(model: MetaSGD) -> list[tuple[str, torch.Tensor]]:
 
 @dataclass(frozen=True)
 class Config:
-    """The book's Meta-SGD on images (chapter 7): MAML's recipe (:class:`metalib.maml.Config`),
+    """The book's Meta-SGD on images (chapter 8): MAML's recipe (:class:`metalib.maml.Config`),
     with the step sizes started at MAML's tuned one and learned at ``lr_lr`` (Li et al., 2017).
 
     Attributes:

@@ -16,11 +16,13 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalib import runtime
 from metalib.runtime import progress, synchronize
 from metalib.tasks import Episode, FixedEpisodes
 
@@ -265,18 +267,32 @@ def episode_logits(model: nn.Module, episode: Episode) -> torch.Tensor:
         return model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
 
 
-def episode_accuracy_fn(model: nn.Module) -> Callable[[Episode], torch.Tensor]:
-    """``fn(episode) -> (T,)`` query accuracies of an episodic classifier, for :func:`evaluate`.
+def accuracy_fn(
+    predict: Callable[[Episode], torch.Tensor], device: torch.device | str | None = None
+) -> Callable[[Episode], torch.Tensor]:
+    """``fn(episode) -> (T,)`` query accuracies of a learner, for :func:`evaluate`.
 
-    Runs without gradients on the model's device; the model adapts in its forward pass.
+    Every learner is scored this one way: its ``predict(episode) -> (T, N*Q, N)`` logits (each
+    learner module's ``predict(config, model, episode)`` with its config and model bound, as
+    :func:`metalib.compare.compare` scores it), against the episode's query labels.
+
+    Args:
+        predict: adapts to each task of an episode and returns its query logits.
+        device: where the episode is moved first (``None``: :func:`metalib.runtime.device`).
     """
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = torch.device(device) if device is not None else runtime.device()
 
     def fn(episode: Episode) -> torch.Tensor:
         episode = episode.to(device)
-        return accuracy(episode_logits(model, episode), episode.query_y)
+        return accuracy(predict(episode).detach(), episode.query_y)
 
     return fn
+
+
+def episode_accuracy_fn(model: nn.Module) -> Callable[[Episode], torch.Tensor]:
+    """:func:`accuracy_fn` of an episodic classifier (:func:`episode_logits`), on its device."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    return accuracy_fn(partial(episode_logits, model), device)
 
 
 class Timer:

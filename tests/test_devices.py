@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -105,11 +106,12 @@ def test_evaluate_maml_and_meta_sgd_on_the_models_device(device_under_test):
     dev = device_under_test
     episodes = FixedEpisodes(_images(), 3, 1, 2, n_episodes=4, seed=0)  # on the CPU
     net = Conv4(n_classes=3, hidden=8, image_size=16).to(dev)
-    score = train.evaluate(maml.accuracy_fn(net, maml.MAMLConfig(1, 0.4)), episodes, 2)
+    recipe = maml.Config(n_way=3, hidden=8, test_steps=1)
+    score = train.evaluate(train.accuracy_fn(partial(maml.predict, recipe, net), dev), episodes, 2)
     assert score.n == 4
     msgd = meta_sgd.MetaSGD(Conv4(n_classes=3, hidden=8, image_size=16), 0.4).to(dev)
-    config = maml.MAMLConfig(1, 0.4)
-    assert train.evaluate(meta_sgd.accuracy_fn(msgd, config), episodes, 2).n == 4
+    predict = partial(meta_sgd.predict, meta_sgd.Config(base=recipe), msgd)
+    assert train.evaluate(train.accuracy_fn(predict, dev), episodes, 2).n == 4
 
 
 def test_maml_training_steps_and_curve(device_under_test):

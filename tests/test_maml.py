@@ -4,6 +4,7 @@ differences, Hessian-vector products, the per-task loop and Reptile's formula.""
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from unittest import mock
 
 import pytest
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 from torch.func import grad, jvp
 
 from conftest import linear_model, one_point_episode
-from metalib import maml, reptile
+from metalib import maml, reptile, train
 from metalib.maml import MAMLConfig
-from metalib.nets import MLP, Conv4, forward_with
+from metalib.nets import MLP, Conv4, forward_with, with_batch_norm_kernel
 from metalib.tasks import Episode
 
 
@@ -198,12 +199,26 @@ def test_reptile_update_formula_and_errors():
         reptile.update(params, {"v": torch.zeros(2, 2)}, 0.5)
 
 
-def test_accuracy_fn_scores_each_task():
+def test_predict_is_adapt_then_the_queries():
+    """The recipe's ``predict``: ``test_steps`` first-order steps of the inner step size on each
+    task's support set, then the queries; the same logits as adapting by hand."""
     torch.manual_seed(0)
     net = Conv4(n_classes=3, hidden=4, image_size=16)
     episode = random_episode(3, dtype=torch.float32)
-    acc = maml.accuracy_fn(net, MAMLConfig(1, 0.4))(episode)
-    assert acc.shape == (3,) and ((acc >= 0) & (acc <= 1)).all()
+    config = maml.Config(inner=MAMLConfig(1, 0.4), test_steps=2)
+    logits = maml.predict(config, net, episode)
+    assert logits.shape == (3, episode.query_x.shape[1], 3) and not logits.requires_grad
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    plain = with_batch_norm_kernel(net, fused=False)
+    for t in range(3):
+        fast = maml.adapt(
+            plain, params, episode.support_x[t], episode.support_y[t], F.cross_entropy, 2, 0.4,
+            first_order=True,
+        )  # fmt: skip
+        by_hand = forward_with(plain, fast, episode.query_x[t])
+        torch.testing.assert_close(logits[t], by_hand, rtol=1e-4, atol=1e-5)
+    acc = train.accuracy_fn(partial(maml.predict, config, net), "cpu")(episode)
+    torch.testing.assert_close(acc, train.accuracy(logits, episode.query_y))
 
 
 def test_bad_configs_and_params_say_what_to_change():

@@ -247,7 +247,7 @@ def test_model_holds_one_step_size_per_weight():
         MetaSGD(net, init="0.1")
 
 
-def test_accuracy_fn_and_adaptation_curve_use_the_step_sizes():
+def test_predict_and_adaptation_curve_use_the_step_sizes():
     torch.manual_seed(0)
     net = Conv4(n_classes=3, hidden=4, image_size=16)
     model = MetaSGD(net, init=0.4)
@@ -258,9 +258,9 @@ def test_accuracy_fn_and_adaptation_curve_use_the_step_sizes():
             for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
         )
     )
-    acc = meta_sgd.accuracy_fn(model, MAMLConfig(1))(episode)
-    reference = maml.accuracy_fn(net, MAMLConfig(1, 0.4))(episode)
-    assert torch.equal(acc, reference)
+    recipe = maml.Config(inner=MAMLConfig(1, 0.4), test_steps=1)
+    logits = meta_sgd.predict(meta_sgd.Config(base=recipe), model, episode)
+    assert torch.equal(logits, maml.predict(recipe, net, episode))  # step sizes all 0.4
     mlp = MetaSGD(MLP(hidden=(8,)).double(), init=0.05)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 9, 1, generator=g, dtype=torch.float64)

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from metalib.tasks import Episode, FixedEpisodes
-from metalib.train import History, Score, Timer, accuracy, evaluate, fit, mean_ci95
+from metalib.train import (
+    History,
+    Score,
+    Timer,
+    accuracy,
+    accuracy_fn,
+    evaluate,
+    fit,
+    mean_ci95,
+)
 
 
 def test_history_append_get_last():
@@ -171,6 +180,23 @@ def test_evaluate_with_a_known_accuracy(tiny_classes):
         assert score.ci95 == pytest.approx(ref.ci95, rel=1e-12)
     perfect = evaluate(lambda ep: torch.ones(ep.n_tasks), fixed, batch_size=4)
     assert (perfect.mean, perfect.ci95) == (1.0, 0.0) and str(perfect) == "100.0% ± 0.0%"
+
+
+def test_accuracy_fn_scores_a_learners_logits(tiny_classes):
+    """``accuracy_fn(predict)``: the one way every learner is scored, from its query logits."""
+    fixed = FixedEpisodes(tiny_classes, n_way=4, k_shot=1, q_queries=2, n_episodes=25, seed=3)
+    seen = []
+
+    def predict(ep: Episode) -> torch.Tensor:  # right on the even classes, wrong on the others
+        seen.append(ep.query_x.device)
+        true_class = (ep.query_x[:, :, 0, 0, 0] * 255).round().long()
+        guess = torch.where(true_class % 2 == 0, ep.query_y, (ep.query_y + 1) % ep.n_way)
+        return torch.nn.functional.one_hot(guess, ep.n_way).double()
+
+    score = evaluate(accuracy_fn(predict, "cpu"), fixed, batch_size=7)
+    reference = evaluate(even_class_accuracy, fixed)
+    assert (score.mean, score.ci95) == (reference.mean, reference.ci95)
+    assert seen and all(d == torch.device("cpu") for d in seen)
 
 
 def test_evaluate_runs_with_gradients_enabled(tiny_classes):
