@@ -214,8 +214,11 @@ def measure_memory(spec: dict) -> float:
 
 def memory_in_fresh_process(spec: dict) -> float:
     # a fixed mmap threshold returns every freed tensor to the system at once, so the RSS
-    # before the measured iteration holds no memory cached by malloc from the warm-up
+    # before the measured iteration holds no memory cached by malloc from the warm-up. The
+    # Makefile's GLIBC_TUNABLES does the opposite (it keeps freed memory for reuse, and takes
+    # precedence): with it the measured iteration reuses the warm-up's pages and reads 0 MB
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "METALIB_PROGRESS": "0"}
+    env.pop("GLIBC_TUNABLES", None)
     done = subprocess.run(
         [sys.executable, __file__, "--memory-of", json.dumps(spec)],
         env=env,

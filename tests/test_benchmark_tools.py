@@ -136,3 +136,31 @@ def test_malloc_benchmark_runs_a_workload_in_a_fresh_process_per_setting():
     # the setting it measures is the one every make command runs with
     makefile = (ROOT / "Makefile").read_text()
     assert f"export GLIBC_TUNABLES ?= {malloc.TUNED}\n" in makefile
+
+
+def test_maml_speed_measures_memory_under_the_makefiles_malloc_setting():
+    """The Makefile's GLIBC_TUNABLES keeps freed memory for reuse; the benchmark's fresh
+    process must not inherit it, or the measured iteration reuses its warm-up's pages: peak MB
+    read 0-14 instead of 65 for meta-batch 16, and this test's 0-14 instead of about 65."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("GLIBC_TUNABLES is glibc's, and the peak is read from /proc (Linux)")
+    makefile = (ROOT / "Makefile").read_text()
+    tuned = makefile.split("export GLIBC_TUNABLES ?= ")[1].splitlines()[0]
+    spec = "{'batch': 2, 'steps': 1, 'first_order': False, 'path': 'default'}"
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import maml_speed; "
+        f"print(maml_speed.memory_in_fresh_process({spec}))"
+    )
+    peaks = []
+    for setting in (None, tuned):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        env.update({"METALIB_THREADS": "1", **({"GLIBC_TUNABLES": setting} if setting else {})})
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+            check=True, timeout=300,
+        )  # fmt: skip
+        peaks.append(float(done.stdout.split()[-1]))
+    plain, under_make = peaks
+    assert plain > 10 and under_make > 0.8 * plain, peaks  # MB
