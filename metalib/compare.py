@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +34,7 @@ from metalib import runtime
 from metalib.data.base import ImageClasses
 from metalib.features import FeatureClasses
 from metalib.tasks import Episode, FixedEpisodes
-from metalib.train import accuracy, mean_ci95
+from metalib.train import Timer, accuracy, mean_ci95
 from metalib.trained import Trained, embedded, train_once
 
 
@@ -320,11 +319,9 @@ def _embedding_ms(encoder: nn.Module, episodes: FixedEpisodes, device: torch.dev
     seconds = 0.0
     for i in range(n):
         images = episodes[i].to(device)
-        runtime.synchronize()
-        start = time.perf_counter()
-        _embed(encoder, images)
-        runtime.synchronize()
-        seconds += time.perf_counter() - start
+        with Timer() as t:
+            _embed(encoder, images)
+        seconds += t.seconds
     return 1000 * seconds / n
 
 
@@ -369,10 +366,8 @@ def _evaluate(
         if not torch.equal(images.classes, ep.classes):
             raise RuntimeError("feature episodes drifted from the image episodes")  # a bug
         ep = ep.to(device)
-        runtime.synchronize()
-        start = time.perf_counter()
-        logits = predict(ep)
-        runtime.synchronize()
-        seconds += time.perf_counter() - start
+        with Timer() as t:
+            logits = predict(ep)
+        seconds += t.seconds
         accs.append(accuracy(logits.float(), ep.query_y).cpu())
     return mean_ci95(torch.cat(accs), percent=True), 1000 * seconds / len(episodes), peak_mb

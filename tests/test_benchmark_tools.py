@@ -144,19 +144,21 @@ def test_maml_speed_measures_memory_under_the_makefiles_malloc_setting():
     read 0-14 instead of 65 for meta-batch 16, and this test's 0-14 instead of about 65."""
     import subprocess
 
+    import malloc  # its TUNED is the Makefile's (the test above checks it)
+
     if not sys.platform.startswith("linux"):
         pytest.skip("GLIBC_TUNABLES is glibc's, and the peak is read from /proc (Linux)")
-    makefile = (ROOT / "Makefile").read_text()
-    tuned = makefile.split("export GLIBC_TUNABLES ?= ")[1].splitlines()[0]
     spec = "{'batch': 2, 'steps': 1, 'first_order': False, 'path': 'default'}"
     code = (
         "import sys; sys.path.insert(0, 'benchmarks'); import maml_speed; "
         f"print(maml_speed.memory_in_fresh_process({spec}))"
     )
     peaks = []
-    for setting in (None, tuned):
+    for setting in (None, malloc.TUNED):
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        env.update({"METALIB_THREADS": "1", **({"GLIBC_TUNABLES": setting} if setting else {})})
+        env["METALIB_THREADS"] = "1"
+        if setting:
+            env["GLIBC_TUNABLES"] = setting
         done = subprocess.run(
             [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
             check=True, timeout=300,

@@ -52,7 +52,7 @@ SHOW_WITH_ARGUMENT = re.compile(r"plt\.show\(\s*[^)\s]")
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
 def test_plt_show_is_called_without_a_figure(path):
-    """``pyplot.show`` takes no figure: ``plt.show(fig)`` works only because the inline backend
+    """``pyplot.show`` takes no figure: handing it one works only because the inline backend
     reads the figure as its ``close`` argument; a script or another front end raises."""
     nb = json.loads((ROOT / path).read_text())
     for i, cell in enumerate(nb["cells"]):
@@ -72,7 +72,7 @@ def test_chapter_shape(path):
     assert "assert " in code, f"{path}: assert the claims the chapter teaches"
     assert "pip install" not in code, f"{path}: dependencies belong in pyproject.toml"
     assert not SHOW_WITH_ARGUMENT.search(code), (
-        f"{path}: plt.show() takes no figure; call plt.show() (plt.show(fig) works only under "
-        "the inline backend, and raises under others)"
+        f"{path}: plt.show() takes no figure; call plt.show() (a figure argument works only "
+        "under the inline backend, and raises under others)"
     )
     assert "{glue:" in text, f"{path}: numbers in the prose come from the code (myst-nb glue)"
