@@ -1,25 +1,36 @@
-"""Time and peak memory of one MAML meta-iteration on Conv4: per-task loops against vmap.
+"""Time and peak memory of one MAML meta-iteration on Conv4: metalib's paths against `higher`.
 
     .venv/bin/python benchmarks/maml_speed.py [--rounds 5] [--batches 16 32] [--steps 1 5]
-        [--orders second first] [--paths plain plain-bn default vmap] [--no-memory]
+        [--orders second first] [--paths higher plain plain-bn default vmap] [--no-memory]
         [--no-check] [--no-ablation] [--no-profile] [--out FILE]
+
+The peer library is ``higher`` 0.2.1 (Grefenstette et al., 2019), a benchmark-only dependency:
+``pip install higher==0.2.1 --no-deps`` (pure Python; ``make bench`` installs it). Leave it out
+of ``--paths`` to run without it.
 
 Conv4 (64 channels, 28 x 28 random images), 5-way 1-shot, 15 queries per class, inner lr 0.4.
 One meta-iteration is ``metalib.maml.meta_gradient`` over the meta-batch (the optimizer step
 adds well under a millisecond). The paths:
 
+* ``higher``: the MAML loop of higher's own example (``higher.innerloop_ctx`` with a
+  differentiable SGD, one task at a time, ``backward`` per task) on the same Conv4 with
+  ``nn.BatchNorm2d(track_running_stats=False)``, the network that example builds (batch
+  statistics, PyTorch's fused kernel). First order: the same loop with the inner gradients
+  detached by ``grad_callback`` (higher has no first-order switch; ``track_higher_grads=False``
+  would cut the path to the initial weights).
 * ``plain``: the per-task loop as first written, the baseline of every ratio: the batch norm's
   variance from ``x.var`` (``OriginalBatchNorm`` below), default memory layout
   (``MAMLConfig(vectorise=False, fast_loop=False)``).
 * ``plain-bn``: the same loop with today's plain-operation batch norm (centred, then the mean
   square).
-* ``default``: ``MAMLConfig()`` as the chapters use it; on a CPU the per-task loop with
-  channels-last memory (images and conv weights) and the fused batch-norm kernel where no
-  second derivative passes.
+* ``default``: ``MAMLConfig()`` as the chapters use it; on a CPU the fast loop: the support
+  steps of 8 tasks at a time under ``vmap``, then each task's queries in channels-last memory
+  with the fused batch-norm kernel.
 * ``vmap``: ``vectorise=True``, every task at once under ``torch.func.vmap``.
 
 Times are medians over ``--rounds`` interleaved rounds after a warm-up round; a ratio is the
-median of the per-round ratios plain / path, so both sides ran under the same load. Peak memory
+median of the per-round ratios higher / path (and plain / path), so both sides ran under the
+same load. Peak memory
 is the peak RSS increase during one meta-iteration after a warm-up, each variant in a fresh
 process (a GPU: its allocator's peak, runtime.device_peak_mb). FLOPs: ``FlopCounterMode`` on one
 meta-iteration. The gradient check compares every path with the plain loop task by task, in
@@ -41,6 +52,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
@@ -48,10 +60,12 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.func import grad  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -71,10 +85,12 @@ from metalib.tasks import Episode  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "maml_speed.md"
 N_WAY, QUERIES, INNER_LR = 5, 15, 0.4
-PATHS = ("plain", "plain-bn", "default", "vmap")
+PATHS = ("higher", "plain", "plain-bn", "default", "vmap")
+HIGHER = "higher==0.2.1"
 ORDERS = ("second", "first")
 PLAIN = "plain loop (x.var BN)"
 LABELS = {
+    "higher": "higher 0.2.1",
     "plain": PLAIN,
     "plain-bn": "plain loop (centred BN)",
     "default": "default",
@@ -90,6 +106,56 @@ class OriginalBatchNorm(BatchStatNorm2d):
         var = x.var(dim=(0, 2, 3), keepdim=True, correction=0)
         x = (x - mean) * torch.rsqrt(var + self.eps)
         return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+@dataclass(frozen=True)
+class HigherConfig:
+    """What the ``higher`` loop needs of a MAMLConfig (it takes no params dict: the module's own
+    parameters are the initial weights, ``copy_initial_weights=False``)."""
+
+    inner_steps: int
+    inner_lr: float
+    first_order: bool
+
+
+def _detach(grads):
+    return [g.detach() for g in grads]
+
+
+def higher_meta_gradient(model, episode, config: HigherConfig) -> dict[str, torch.Tensor]:
+    """The meta-gradient as higher's MAML example computes it: per task, ``inner_steps`` steps of
+    a differentiable SGD inside ``higher.innerloop_ctx``, then ``backward`` of the query loss /
+    T, which accumulates into the module's ``.grad``."""
+    import higher
+
+    params = list(model.parameters())
+    for q in params:
+        q.grad = None
+    inner_opt = torch.optim.SGD(params, lr=config.inner_lr)
+    callback = _detach if config.first_order else None
+    e, n = episode, len(episode)
+    for sx, sy, qx, qy in zip(e.support_x, e.support_y, e.query_x, e.query_y, strict=True):
+        with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fnet, opt):
+            for _ in range(config.inner_steps):
+                opt.step(F.cross_entropy(fnet(sx), sy), grad_callback=callback)
+            (F.cross_entropy(fnet(qx), qy) / n).backward()
+    return {k: q.grad for k, q in model.named_parameters()}
+
+
+def with_torch_batch_norm(net: Conv4) -> Conv4:
+    """A copy of ``net`` whose batch norms are ``nn.BatchNorm2d(track_running_stats=False)``
+    with the same affine weights: batch statistics, as higher's example network has them."""
+    twin = copy.deepcopy(net)
+    for block in twin.modules():
+        for name, child in list(block.named_children()):
+            if isinstance(child, BatchStatNorm2d):
+                bn = nn.BatchNorm2d(child.weight.numel(), eps=child.eps, track_running_stats=False)
+                bn = bn.to(child.weight)
+                with torch.no_grad():
+                    bn.weight.copy_(child.weight)
+                    bn.bias.copy_(child.bias)
+                setattr(block, name, bn)
+    return twin
 
 
 def build(n_tasks: int, dtype=torch.float32, dev=None):
@@ -108,6 +174,8 @@ def build(n_tasks: int, dtype=torch.float32, dev=None):
 def variant(net, path: str, steps: int, first_order: bool):
     """The model and config that run ``path``."""
     common = dict(inner_steps=steps, inner_lr=INNER_LR, first_order=first_order)
+    if path == "higher":
+        return with_torch_batch_norm(net), HigherConfig(**common)
     if path == "plain":
         original = copy.deepcopy(net)
         for m in original.modules():
@@ -122,7 +190,10 @@ def variant(net, path: str, steps: int, first_order: bool):
 
 
 def one_iteration(model, params, episode, config) -> dict[str, torch.Tensor]:
-    grads, _ = meta_gradient(model, params, episode, F.cross_entropy, config)
+    if isinstance(config, HigherConfig):  # the model's own parameters, equal to params
+        grads = higher_meta_gradient(model, episode, config)
+    else:
+        grads, _ = meta_gradient(model, params, episode, F.cross_entropy, config)
     synchronize()  # an accelerator's queued kernels count in the time
     return grads
 
@@ -131,9 +202,13 @@ ABLATION = {  # label: switches of ablation_loop; every row but the first shares
     "centred BN": dict(channels_last=False, fused=False),
     "centred BN + channels-last": dict(channels_last=True, fused=False),
     "centred BN + fused kernel": dict(channels_last=False, fused=True),
-    "channels-last + fused kernel (= default)": dict(channels_last=True, fused=True),
-    "default, inner torch.autograd.grad": dict(channels_last=True, fused=True, inner="autograd"),
-    "default, one backward for all tasks": dict(channels_last=True, fused=True, one_backward=True),
+    "channels-last + fused kernel (each task alone)": dict(channels_last=True, fused=True),
+    "each task alone, inner torch.autograd.grad": dict(
+        channels_last=True, fused=True, inner="autograd"
+    ),
+    "each task alone, one backward for all tasks": dict(
+        channels_last=True, fused=True, one_backward=True
+    ),
 }
 
 
@@ -294,8 +369,13 @@ def _group(batch: int, steps: int, first_order: bool) -> str:
 def report(args, threads, dev, groups, paths, times, memory, flops, checks, profiles) -> str:
     """The Markdown of the timing table, the gradient check and the profiles."""
     med = statistics.median
-    base = "plain" if "plain" in paths else paths[0]
-    default_is = "per-task loop" if dev.type != "cuda" else "vmap"
+    against = [a for a in ("higher", "plain") if a in paths]  # the ratio columns
+    default_is = (
+        "fast loop (the support steps of 8 tasks at a time under `vmap`, then each task's "
+        "queries alone)"
+        if dev.type != "cuda"
+        else "vmap"
+    )
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} threads, "
@@ -308,32 +388,40 @@ def report(args, threads, dev, groups, paths, times, memory, flops, checks, prof
         "",
         "One meta-iteration = `meta_gradient` over the meta-batch: Conv4-64, 28 x 28 random "
         f"images, {N_WAY}-way 1-shot, {QUERIES} queries per class, inner lr {INNER_LR}. Time: "
-        f"median of {args.rounds} interleaved rounds after a warm-up. × vs plain: median of the "
-        f"per-round ratios against the {LABELS[base]}. Peak MB: peak RSS increase during one "
-        "meta-iteration after a warm-up, each variant in a fresh process. GFLOP: "
+        f"median of {args.rounds} interleaved rounds after a warm-up. × vs higher, × vs plain: "
+        f"median of the per-round ratios of higher's time, and of the {LABELS['plain']}'s, to "
+        "the path's (above 1: the path is faster). higher: `higher.innerloop_ctx` as in its MAML "
+        "example, on the same Conv4 with `nn.BatchNorm2d(track_running_stats=False)`. "
+        "Peak MB: peak RSS increase during one meta-iteration after a warm-up, each variant "
+        "in a fresh process. GFLOP: "
         "`torch.utils.flop_counter.FlopCounterMode`'s count for one meta-iteration, which counts "
         "2 per multiply-add of the convolutions (forward, backward and double backward) and "
         "matrix products only -- elementwise operations, reductions, batch norm and pooling are "
-        "not counted; every path runs the same counted operations. GFLOP/s: that count / the "
-        f"median time. `default` is `MAMLConfig()`, here the {default_is} with channels-last "
-        "memory (images and conv weights) and the fused batch-norm kernel where no second "
-        "derivative passes.",
+        "not counted -- in the plain loop (higher counts the same); the paths under `vmap` "
+        "count more (their convolutions' backward also computes gradients the loop skips). "
+        "GFLOP/s: the plain loop's count / the median time, so the work the algorithm needs per "
+        f"second. `default` is `MAMLConfig()`, here the {default_is}; the queries in "
+        "channels-last memory with the fused batch-norm kernel.",
         "",
-        "| meta-batch | inner steps | order | path | s / iteration | × vs plain | peak MB | "
-        "GFLOP | GFLOP/s |",
-        "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| meta-batch | inner steps | order | path | s / iteration | "
+        + "".join(f"× vs {a} | " for a in against)
+        + "peak MB | GFLOP | GFLOP/s |",
+        "| ---: | ---: | --- | --- | ---: | " + "---: | " * len(against) + "---: | ---: | ---: |",
     ]
     for b, s, fo in groups:
         gflop = flops[(b, s, fo)] / 1e9
         for p in paths:
             t = times[(b, s, fo, p)]
-            ratio = med([x / y for x, y in zip(times[(b, s, fo, base)], t, strict=True)])
+            ratios = [
+                med([x / y for x, y in zip(times[(b, s, fo, a)], t, strict=True)]) for a in against
+            ]
             mem = f"{memory[(b, s, fo, p)]:.0f}" if (b, s, fo, p) in memory else "–"
             lines.append(
-                f"| {b} | {s} | {_order(fo)} | {LABELS[p]} | {med(t):.2f} | {ratio:.2f} | "
-                f"{mem} | {gflop:.1f} | {gflop / med(t):.0f} |"
+                f"| {b} | {s} | {_order(fo)} | {LABELS[p]} | {med(t):.2f} | "
+                + "".join(f"{r:.2f} | " for r in ratios)
+                + f"{mem} | {gflop:.1f} | {gflop / med(t):.0f} |"
             )
-    lines += reading(groups, paths, times, base)
+    lines += reading(groups, paths, times)
     if checks:
         lines += [
             "",
@@ -368,44 +456,51 @@ def report(args, threads, dev, groups, paths, times, memory, flops, checks, prof
     return "\n".join(lines) + "\n"
 
 
-def reading(groups, paths, times, base) -> list[str]:
-    """A few sentences on the table: the headline ratio and where the default falls short."""
-    if "default" not in paths or base != "plain":
+def reading(groups, paths, times) -> list[str]:
+    """A few sentences on the table: the default against higher and the plain loop."""
+    if "default" not in paths:
         return []
     med = statistics.median
-    ratio = {
-        g: med([x / y for x, y in zip(times[(*g, "plain")], times[(*g, "default")], strict=True)])
-        for g in groups
-    }
-    short = [g for g in groups if ratio[g] < 1.5]
-    out = [
-        "",
-        "Reading: the default runs "
-        + "; ".join(f"{ratio[g]:.2f}× ({_group(*g)})" for g in groups)
-        + " faster than the plain loop. Before, besides the convolutions, the plain loop's "
-        "time went to `x.var` (a slow reduction over (0, 2, 3) on a CPU), `max_pool2d` on the "
-        "default NCHW layout, and the elementwise passes of the hand-written batch norm (see the "
-        "profiles below). The default computes the variance from centred sums, runs images and "
-        "convolution weights in channels-last memory (oneDNN's convolutions and pooling are "
-        "several times faster there) and uses PyTorch's fused batch-norm kernel wherever no "
-        "second derivative passes through it (the query forward; every forward of first-order "
-        "MAML); the ablation below shows what each contributes.",
-    ]
-    if short:
+
+    def ratio(g, other):
+        pairs = zip(times[(*g, other)], times[(*g, "default")], strict=True)
+        return med([x / y for x, y in pairs])
+
+    out = [""]
+    if "higher" in paths:
+        short = [g for g in groups if ratio(g, "higher") < 1.5]
         out.append(
-            "Short of 1.5×: "
-            + "; ".join(_group(*g) for g in short)
-            + ". With several second-order inner steps the support set dominates: 5-image "
-            "batches whose inner gradients are differentiated again, i.e. many small operations "
-            "(see the call count and µs per call of the 5-step profile), where the layout and "
-            "the fused kernel help little -- the fused kernel's double backward is slower than "
-            "the plain operations', so it is not used there -- and per-call overhead, not "
-            "arithmetic, sets the time. See the one-thread rows of the ablation: with several "
-            "second-order steps one thread can beat two (waking the second thread for every "
-            "small operation, OMP_WAIT_POLICY=PASSIVE, costs more than it brings); the thread "
-            "count is metalib.runtime's choice, not maml's. Thread rows are the most sensitive "
-            "to other jobs on the machine (a busy core slows two threads more than one)."
+            "Reading: the default runs "
+            + "; ".join(f"{ratio(g, 'higher'):.2f}× ({_group(*g)})" for g in groups)
+            + " as fast as higher. "
+            + (
+                "Short of 1.5×: " + "; ".join(_group(*g) for g in short) + ". "
+                if short
+                else "Every setting is at least 1.5×. "
+            )
         )
+    if "plain" in paths:
+        out.append(
+            "Against the plain loop: "
+            + "; ".join(f"{ratio(g, 'plain'):.2f}× ({_group(*g)})" for g in groups)
+            + "."
+        )
+    out.append(
+        "Where the time goes (the profiles below): a task's support set is 5 images, so each "
+        "inner step is a few hundred small operations -- forward, backward, and with second "
+        "order their double backward in the outer pass -- whose per-call cost, not arithmetic, "
+        "sets the time; with 5 second-order steps they are most of the iteration. The default "
+        "adapts 8 tasks at a time under `vmap` (one call does the work of 8), then runs each "
+        "task's 75 queries alone, where the arithmetic is: in channels-last memory (oneDNN's "
+        "convolutions and pooling are several times faster there) with PyTorch's fused "
+        "batch-norm kernel (no second derivative passes through a query's forward). Each task's "
+        "query loss is differentiated only as far as its fast weights, so its graph is freed "
+        "at once; one backward per chunk takes those gradients through the 8 inner loops. The "
+        "plain loop computes the batch norm's variance with `x.var` (a slow reduction over "
+        "(0, 2, 3) on a CPU) in the default layout; `plain-bn` from centred sums. Vectorising "
+        "every task (`vmap`) batches the queries too, as grouped convolutions, which oneDNN runs "
+        "slowly and in gigabytes at meta-batch 32; on a GPU it is the default."
+    )
     return out
 
 
@@ -430,8 +525,10 @@ def report_ablation(times: dict, threads: int) -> str:
     med = statistics.median
     lines = [
         "",
-        "Ablation (the per-task loop written out in this script, each candidate a switch), and "
-        f"the thread count ({threads} unless said otherwise); same rounds as above, interleaved:",
+        "Ablation (the per-task loop written out in this script, each candidate a switch: each "
+        "task adapted alone, as the default did before its chunks), the thread count "
+        f"({threads} unless said otherwise) and the chunk (tasks adapted together under `vmap`; "
+        "the default's is 8); same rounds as above, interleaved:",
         "",
         "| meta-batch | inner steps | order | variant | s / iteration | × vs plain |",
         "| ---: | ---: | --- | --- | ---: | ---: |",
@@ -463,6 +560,11 @@ def main() -> int:
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
     paths = [p for p in PATHS if p in args.paths]
+    if "higher" in paths and importlib.util.find_spec("higher") is None:
+        raise SystemExit(
+            f"the higher path needs {HIGHER}: pip install {HIGHER} --no-deps (make bench does), "
+            "or leave it out: --paths plain plain-bn default vmap"
+        )
     dev = device()
     groups = [(b, s, o == "first") for b in args.batches for s in args.steps for o in args.orders]
     setups = {b: build(b, dev=dev) for b in args.batches}
@@ -472,7 +574,7 @@ def main() -> int:
         for p in paths:
             model, config = variant(net, p, s, fo)
             runs[(b, s, fo, p)] = functools.partial(one_iteration, model, params, episode, config)
-        model, config = variant(net, "default", s, fo)
+        model, config = variant(net, "plain-bn", s, fo)  # what the algorithm needs
         flops[(b, s, fo)] = count_flops(model, params, episode, config)
     ablation = {}
     if not args.no_ablation:
@@ -495,6 +597,10 @@ def main() -> int:
                 if s > 1 or p == "default":
                     ablation[(b, s, False, name)] = run
                 ablation[(b, s, False, f"{name}, 1 thread")] = with_threads(1, run)
+            for chunk in (1, 4, 16):  # tasks adapted together under vmap; the default is 8
+                config = replace(variant(net, "default", s, False)[1], chunk=chunk)
+                run = functools.partial(one_iteration, net, params, episode, config)
+                ablation[(b, s, False, f"default, chunk {chunk}")] = run
     bar = progress(total=(args.rounds + 1) * (len(runs) + len(ablation)), desc="meta-iterations")
     args.loads = [os.getloadavg()[0]]  # other jobs on the machine move every figure
     times = time_interleaved(runs, args.rounds, bar)
@@ -515,7 +621,9 @@ def main() -> int:
     if not args.no_profile:
         b = 16 if 16 in args.batches else args.batches[0]
         net, params, episode = setups[b]
-        for p, s in [("plain", 1), ("default", 1), ("default", max(args.steps))]:
+        steps = max(args.steps)
+        chosen = [("plain", 1), ("default", 1), ("higher", steps), ("default", steps)]
+        for p, s in [(p, s) for p, s in chosen if p in paths]:
             model, config = variant(net, p, s, False)
             profiles[(p, s)] = (b, *top_ops(model, params, episode, config))
     text = report(args, threads, dev, groups, paths, times, memory, flops, checks, profiles)

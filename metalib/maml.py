@@ -13,7 +13,9 @@ Everything here is a pure function of a parameter dict (:func:`metalib.nets.forw
 ``torch.func.functional_call``) and the inner gradients come from ``torch.func.grad``. Three
 functions make the algorithm: :func:`adapt` (the inner loop), :func:`_task_outputs` (one task:
 adapt, then run the queries) and :func:`meta_gradient`, which decides once how an episode's tasks
-run: one after another, or under ``torch.func.vmap`` over the task axis. The inner step size
+run: under ``torch.func.vmap`` over the task axis (a GPU), or in chunks on a CPU -- the support
+steps of a few tasks under ``vmap``, then each task's queries on their own
+(:func:`_adapt_tasks`). The inner step size
 (:attr:`MAMLConfig.inner_lr`) is a number (MAML's α) or one tensor of step sizes per parameter:
 the inner loop of Meta-SGD (:mod:`metalib.meta_sgd`), which meta-learns them with θ. Reptile,
 which never differentiates through adaptation, is :mod:`metalib.reptile`.
@@ -59,12 +61,16 @@ class MAMLConfig:
             :func:`check_step_sizes`), which the meta-gradient can differentiate.
         first_order: drop the second derivatives (first-order MAML).
         vectorise: run the tasks of an episode under ``torch.func.vmap`` instead of one after
-            another. ``None`` picks the faster path for the device: vectorised on a GPU, a
-            per-task loop on a CPU (``benchmarks/maml_speed.py`` measures both).
-        fast_loop: on the per-task path, arrange each task to run faster on a CPU, at equal
-            values and gradients: channels-last memory layout, the fused batch-norm kernel
-            wherever no second derivative passes through it. ``False`` runs the plain loop, the
-            reference the benchmark times against. The vectorised path ignores it.
+            another. ``None`` picks the faster path for the device: vectorised on a GPU, the
+            chunked loop on a CPU (``benchmarks/maml_speed.py`` measures both).
+        fast_loop: on the loop, arrange the tasks to run faster on a CPU, at equal values and
+            gradients: the support steps of ``chunk`` tasks together under ``vmap`` (a 5-image
+            support batch is many small operations, whose per-call cost sets the time), then
+            each task's queries alone in channels-last memory with the fused batch-norm kernel.
+            ``False`` runs the plain loop, every task on its own: the reference the benchmark
+            times against. The vectorised path ignores it.
+        chunk: tasks adapted together on the fast loop (1: each on its own). More saves calls;
+            the memory of their support steps' graphs grows with it.
     """
 
     inner_steps: int = 1
@@ -72,6 +78,7 @@ class MAMLConfig:
     first_order: bool = False
     vectorise: bool | None = None
     fast_loop: bool = True
+    chunk: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int):
@@ -85,6 +92,8 @@ class MAMLConfig:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
         if not isinstance(self.fast_loop, bool):
             raise ValueError(f"fast_loop must be True or False, got {self.fast_loop!r}")
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ValueError(f"chunk must be an int of at least 1, got {self.chunk!r}")
 
 
 def _check_params(params: Params) -> None:
@@ -183,29 +192,30 @@ class _Path:
     vectorise: bool
     inner: nn.Module  # the network of the support steps
     query: nn.Module  # the network run on the queries
-    layout: Callable[[torch.Tensor], torch.Tensor]  # applied to images, weights and step sizes
+    layout: Callable[[torch.Tensor], torch.Tensor]  # applied to the queries and their weights
+    chunk: int = 0  # tasks adapted together under vmap on the loop; 0: the plain loop
 
 
 def _path(model: nn.Module, config: MAMLConfig, episode: Episode) -> _Path:
-    """The vectorised path or the per-task loop, and the batch-norm kernels and layout of each.
+    """The vectorised path, the plain loop or the fast loop, and each one's kernels and layout.
 
-    Under ``vmap`` and in the plain loop every batch norm runs the plain operations (the fused
-    kernel's batching rule is wrong under ``vmap``). The fast per-task loop puts images and
-    convolution weights in channels-last memory, where oneDNN's convolutions and max-pooling are
-    several times faster than on the default layout, and uses PyTorch's fused kernel wherever no
-    second derivative passes through it -- the queries, and the support steps of first-order
-    MAML; second-order support steps keep the plain operations, whose double backward is faster
-    (``benchmarks/maml_speed.py``). The kernels are chosen here, whatever ``model`` was built
-    with (:func:`metalib.nets.with_batch_norm_kernel`).
+    Every support step runs the plain batch-norm operations: under ``vmap`` the fused kernel's
+    batching rule is wrong, and a second-order step's double backward is faster on them. The
+    fast loop adapts ``config.chunk`` tasks at a time under ``vmap`` (:func:`_adapt_tasks`),
+    then runs each task's queries in channels-last memory, where oneDNN's convolutions and
+    max-pooling are several times faster than on the default layout, with PyTorch's fused
+    kernel (no second derivative passes through a query's forward). The kernels are chosen
+    here, whatever ``model`` was built with (:func:`metalib.nets.with_batch_norm_kernel`);
+    ``benchmarks/maml_speed.py`` times each choice.
     """
     vectorise = config.vectorise
     if vectorise is None:
         vectorise = episode.support_x.device.type == "cuda"
+    plain = with_batch_norm_kernel(model, fused=False)
     if vectorise or not config.fast_loop:
-        plain = with_batch_norm_kernel(model, fused=False)
         return _Path(vectorise, plain, plain, lambda x: x)
-    inner = with_batch_norm_kernel(model, fused=config.first_order)
-    return _Path(False, inner, with_batch_norm_kernel(model, fused=True), _channels_last)
+    fused = with_batch_norm_kernel(model, fused=True)
+    return _Path(False, plain, fused, _channels_last, config.chunk)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -231,28 +241,60 @@ def _task_outputs(
     Shapes are of one task (no task axis): support ``(n_s, ...)``, queries ``(n_q, ...)``.
     Returns the outputs on the queries, ``(n_q, ...)`` (logits or predictions).
     """
-    lr, cl = config.inner_lr, path.layout
-    if isinstance(lr, dict):  # step sizes in the layout of their weights
-        lr = {k: cl(v) for k, v in lr.items()}
-    params = {k: cl(v) for k, v in params.items()}  # differentiable copies (or the same tensors)
     fast = adapt(
-        path.inner, params, cl(support_x), support_y, loss_fn, config.inner_steps, lr,
+        path.inner, params, support_x, support_y, loss_fn, config.inner_steps, config.inner_lr,
         config.first_order,
     )  # fmt: skip
-    return forward_with(path.query, fast, cl(query_x))
+    return _query_outputs(path, fast, query_x)
+
+
+def _query_outputs(path: _Path, fast: Params, query_x: torch.Tensor) -> torch.Tensor:
+    """The adapted network of one task on its queries ``(n_q, ...)``, in the path's layout."""
+    cl = path.layout
+    return forward_with(path.query, {k: cl(v) for k, v in fast.items()}, cl(query_x))
+
+
+def _adapt_tasks(
+    path: _Path,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    loss_fn: LossFn,
+    config: MAMLConfig,
+) -> Params:
+    """The inner loop of a few tasks at once, under ``vmap``: support ``(c, n_s, ...)`` in,
+    fast weights ``(c, *shape)`` by name out (the fast loop's first half; one call does the
+    work of ``c`` calls, which is what a 5-image support set's small operations need)."""
+
+    def one(sx: torch.Tensor, sy: torch.Tensor) -> Params:
+        lr, steps = config.inner_lr, config.inner_steps
+        return adapt(path.inner, params, sx, sy, loss_fn, steps, lr, config.first_order)
+
+    return vmap(one)(support_x, support_y)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def episode_outputs(
     model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
 ) -> torch.Tensor:
     """Query outputs ``(T, n_q, ...)`` of every task of ``episode``, each adapted on its own
-    support set (:func:`_task_outputs`, per task or under ``vmap``; the same values)."""
+    support set (:func:`_task_outputs`, per task, under ``vmap`` or in chunks; the same values)."""
     _check_params(params)
     path, e = _path(model, config, episode), episode
     if path.vectorise:
         return vmap(lambda sx, sy, qx: _task_outputs(path, params, sx, sy, qx, loss_fn, config))(
             e.support_x, e.support_y, e.query_x
         )
+    if path.chunk:
+        outputs = []
+        for part in _chunks(len(e), path.chunk):
+            fast = _adapt_tasks(path, params, e.support_x[part], e.support_y[part], loss_fn, config)
+            for i, qx in enumerate(e.query_x[part]):
+                outputs.append(_query_outputs(path, {k: v[i] for k, v in fast.items()}, qx))
+        return torch.stack(outputs)
     return torch.stack(
         [
             _task_outputs(path, params, sx, sy, qx, loss_fn, config)
@@ -279,9 +321,12 @@ def meta_gradient(
 ) -> tuple[Params, torch.Tensor]:
     """The gradient of the mean adapted query loss with respect to the initial weights.
 
-    The path is decided once (:func:`_path`). On the per-task path each task's graph is built,
+    The path is decided once (:func:`_path`). In the plain loop each task's graph is built,
     differentiated and freed before the next (memory of one task at a time); the vectorised
-    path differentiates all tasks at once.
+    path differentiates all tasks at once. The fast loop adapts a chunk of tasks together, then
+    differentiates each task's query loss as far as that task's fast weights (freeing its query
+    graph), and takes those gradients back through the chunk's inner loops in one backward:
+    the memory of one task's queries plus a chunk's support steps.
 
     Args:
         params: the initial weights θ; they must require gradients.
@@ -313,6 +358,25 @@ def meta_gradient(
     if path.vectorise:
         losses = vmap(loss)(*tasks)
         grads = torch.autograd.grad(losses.mean(), leaves, allow_unused=True)
+    elif path.chunk:
+        grads, losses = [None] * len(leaves), []
+        for part in _chunks(n, path.chunk):
+            fast = _adapt_tasks(path, params, e.support_x[part], e.support_y[part], loss_fn, config)
+            outer = [[] for _ in fast]  # ∂L_i/∂(fast weights of task i), task by task
+            for i, (qx, qy) in enumerate(zip(e.query_x[part], e.query_y[part], strict=True)):
+                mine = {k: v[i].detach().requires_grad_() for k, v in fast.items()}
+                task_loss = loss_fn(_query_outputs(path, mine, qx), qy)
+                g = torch.autograd.grad(
+                    task_loss / n, list(mine.values()), allow_unused=True, materialize_grads=True
+                )
+                for seeds, gi in zip(outer, g, strict=True):
+                    seeds.append(gi)
+                losses.append(task_loss.detach())
+            seeds = [torch.stack(s) for s in outer]
+            new = torch.autograd.grad(list(fast.values()), leaves, seeds, allow_unused=True)
+            pairs = zip(grads, new, strict=True)
+            grads = [b if a is None else a if b is None else a + b for a, b in pairs]
+        losses = torch.stack(losses)
     else:  # one task's graph at a time
         grads, losses = [None] * len(leaves), []
         for task in zip(*tasks, strict=True):
