@@ -11,7 +11,7 @@ weight. The meta-gradient with respect to α is cheap: for one inner step it is
 -∇_θ L(θ, D^tr) ∘ ∇_θ' L(θ', D^ts), and it exists even for first-order MAML.
 
 Everything else is MAML's: the inner loop is :func:`metalib.maml.adapt` with a dict of step-size
-tensors in place of the scalar, on the per-task path or under ``torch.func.vmap`` (the step sizes
+tensors in place of the scalar, in MAML's loop or under ``torch.func.vmap`` (the step sizes
 are shared by all tasks, so ``vmap`` sees them as unbatched). With every step size equal to MAML's
 α, Meta-SGD computes exactly what MAML computes (``tests/test_meta_sgd.py``). The price: twice the
 parameters, and an elementwise product per inner step.
@@ -129,8 +129,8 @@ def meta_gradient(
     """Gradients of the mean adapted query loss with respect to θ and to the step sizes α.
 
     :func:`metalib.maml.meta_gradient` with the step sizes as the inner loop's ``inner_lr``,
-    differentiated too (one task's graph at a time on the per-task path, all tasks under
-    ``vmap`` on the vectorised one).
+    differentiated too (a chunk of tasks' inner loops and one task's queries at a time on a CPU,
+    all tasks under ``vmap`` on the vectorised path).
 
     Args:
         model: the network and its step sizes.
@@ -233,7 +233,7 @@ def train(
     opt = torch.optim.Adam(groups, lr=m.outer_lr)
 
     def step(_: int) -> dict[str, float]:
-        ep = sample_episodes(data, m.n_way, 1, m.queries, m.tasks, generator)
+        ep = sample_episodes(data, m.n_way, m.shots, m.queries, m.tasks, generator)
         return meta_step(model, opt, ep.to(device), F.cross_entropy, m.inner)
 
     return Run(model, fit(step, m.steps, desc="Meta-SGD"))

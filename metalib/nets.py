@@ -253,8 +253,8 @@ def with_batch_norm_kernel(module: nn.Module, fused: bool) -> nn.Module:
 
     ``module`` itself when they all are already; otherwise a shallow copy of its layers that
     shares its parameter and buffer tensors (so :func:`forward_with` and gradients see the same
-    weights), ``module`` unchanged. How :mod:`metalib.maml` runs its vectorised paths on plain
-    operations and picks the kernel per phase of its per-task loop, whatever a network was built
+    weights), ``module`` unchanged. How :mod:`metalib.maml` runs its support steps on plain
+    operations and its fast loop's queries on the fused kernel, whatever a network was built
     with.
     """
     norms = [m for m in module.modules() if isinstance(m, BatchStatNorm2d)]

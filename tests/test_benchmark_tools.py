@@ -166,3 +166,21 @@ def test_maml_speed_measures_memory_under_the_makefiles_malloc_setting():
         peaks.append(float(done.stdout.split()[-1]))
     plain, under_make = peaks
     assert plain > 10 and under_make > 0.8 * plain, peaks  # MB
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_speed_times_the_same_meta_gradient_on_every_path(first_order):
+    """higher's loop (nn.BatchNorm2d) and metalib's default give the plain loop's meta-gradient
+    in float64, so the benchmark's ratios compare like with like (``make bench-deps``)."""
+    pytest.importorskip("higher", reason="pip install higher==0.2.1 --no-deps (make bench-deps)")
+    import maml_speed
+    import torch
+
+    net, params, episode = maml_speed.build(3, torch.float64)
+    grads = {}
+    for path in ("plain", "higher", "default"):
+        model, config = maml_speed.variant(net, path, 2, first_order)
+        grads[path] = maml_speed.one_iteration(model, params, episode, config)
+    assert set(grads["higher"]) == set(grads["plain"]) == set(params)
+    for path in ("higher", "default"):
+        assert maml_speed.relative(grads[path], grads["plain"]) < 1e-10, path
