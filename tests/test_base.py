@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalib.data.base import ImageClasses, to_uint8_images
+from metalib.data.base import ImageClasses, join, to_uint8_images, with_rotations
 
 
 def _classes(c: int = 4, m: int = 3, size: int = 8) -> ImageClasses:
@@ -124,6 +124,47 @@ def test_subset_from_tensor_keeps_the_name(tiny_classes):
 
 
 # to_uint8_images ---------------------------------------------------------------------------------
+
+
+def test_join_stacks_classes_in_order_and_keeps_same_named_groups_apart():
+    a = _classes(c=2)
+    b = ImageClasses("other/train", a.images[:1].flip(-1), ("x",), ("latin",))
+    both = join(a, b)
+    assert both.name == "toy/train + other/train" and both.n_classes == 3
+    assert torch.equal(both.images[:2], a.images) and torch.equal(both.images[2], b.images[0])
+    assert both.class_names == ("char0", "char1", "x")
+    # "latin" of each dataset stays its own group
+    assert both.groups == ("toy:latin", "toy:greek", "other:latin")
+    assert join(a, b, name="mixed").name == "mixed"
+
+
+def test_join_rejects_what_cannot_be_stacked():
+    a = _classes(c=2, m=3, size=8)
+    with pytest.raises(ValueError, match="two or more"):
+        join(a)
+    with pytest.raises(ValueError, match="same image_size"):
+        join(a, _classes(c=2, m=3, size=6))
+    with pytest.raises(ValueError, match="number of images per class"):
+        join(a, _classes(c=2, m=4, size=8))
+
+
+def test_with_rotations_adds_three_rotated_copies_of_every_class():
+    data = ImageClasses("toy/train", torch.zeros(2, 1, 3, 3, dtype=torch.uint8), ("a", "b"),
+                        ("latin", "greek"))  # fmt: skip
+    data.images[0, 0, 0, 2] = 255  # class a: ink at the top right corner
+    four = with_rotations(data)
+    assert four.n_classes == 8 and four.name == "toy/train + rotations"
+    assert four.class_names[:3] == ("a", "b", "a (rotated 90)")
+    assert four.groups == ("latin", "greek") * 4
+    # counter-clockwise: top right -> top left -> bottom left -> bottom right
+    corners = [(0, 2), (0, 0), (2, 0), (2, 2)]
+    for k, (r, c) in enumerate(corners):
+        img = four.images[2 * k, 0]
+        assert img[r, c] == 255 and int(img.sum()) == 255, k
+        assert four.images[2 * k + 1].sum() == 0  # class b stays blank
+    with pytest.raises(ValueError, match="square"):
+        wide = torch.zeros(1, 1, 3, 4, dtype=torch.uint8)
+        with_rotations(ImageClasses("t", wide, ("a",), ("g",)))
 
 
 def test_to_uint8_same_size_rounds_and_clamps():

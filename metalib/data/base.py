@@ -118,3 +118,58 @@ class ImageClasses:
             f"ImageClasses({self.name!r}: {self.n_classes} classes x {self.per_class} images, "
             f"{self.image_size}x{self.image_size}, {len(self.group_names)} groups)"
         )
+
+
+def join(*splits: ImageClasses, name: str | None = None) -> ImageClasses:
+    """One split holding every class of ``splits``, e.g. Glyphs' training scripts and Omniglot's
+    background alphabets, to meta-train on both.
+
+    Each group is prefixed with the dataset it came from (``"glyphs:Latin"``,
+    ``"omniglot:Latin"``): two datasets may name a script alike, and their classes stay apart.
+
+    Args:
+        splits: two or more splits with the same images per class and image size.
+        name: the new split's name; by default the names joined by ``" + "``.
+
+    Returns:
+        The classes of ``splits`` in order, ``(sum C, M, H, W)``.
+    """
+    if len(splits) < 2 or not all(isinstance(s, ImageClasses) for s in splits):
+        raise ValueError("join needs two or more ImageClasses splits")
+    first = splits[0]
+    for s in splits[1:]:
+        if s.images.shape[1:] != first.images.shape[1:]:
+            raise ValueError(
+                f"cannot join {first.name!r} ({first.per_class} images of "
+                f"{first.image_size}x{first.image_size} per class) and {s.name!r} "
+                f"({s.per_class} of {s.image_size}x{s.image_size}): load them at the same "
+                "image_size, and keep the same number of images per class"
+            )
+    return ImageClasses(
+        name=name or " + ".join(s.name for s in splits),
+        images=torch.cat([s.images for s in splits]),
+        class_names=tuple(c for s in splits for c in s.class_names),
+        groups=tuple(f"{s.name.split('/')[0]}:{g}" for s in splits for g in s.groups),
+    )
+
+
+def with_rotations(split: ImageClasses) -> ImageClasses:
+    """``split`` and its classes rotated by 90, 180 and 270 degrees, each rotation a new class:
+    four times the classes, the augmentation of the Omniglot experiments of Santoro et al. (2016)
+    and Finn et al. (2017). A rotated character is a new character; its group is its script's
+    (``"Latin"`` for every rotation of a Latin letter), so splits by group stay apart.
+
+    Returns:
+        ``(4C, M, H, W)``: the C classes as they are, then each rotation of all C in turn.
+    """
+    if split.images.shape[-1] != split.images.shape[-2]:
+        raise ValueError(f"{split.name}: rotations need square images, got {split.images.shape}")
+    names = tuple(
+        f"{c} (rotated {90 * k})" if k else c for k in range(4) for c in split.class_names
+    )
+    return ImageClasses(
+        name=f"{split.name} + rotations",
+        images=torch.cat([torch.rot90(split.images, k, dims=(-2, -1)) for k in range(4)]),
+        class_names=names,
+        groups=split.groups * 4,
+    )
