@@ -30,6 +30,7 @@ and the inner loop stays a pure function.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -458,19 +459,35 @@ class Config:
     Attributes:
         inner: the inner loop in meta-training (steps, step size, first or second order).
         n_way, hidden: the tasks' N and the Conv4's channels.
+        shots: K of the training tasks (the paper trains at the K it tests at).
         steps, tasks, queries: meta-iterations, tasks per meta-batch, queries per class.
         outer_lr: Adam's learning rate.
         test_steps: first-order inner steps of ``inner.inner_lr`` when adapting to a test task.
+        snapshots: how many times :func:`train` keeps the weights (every ``steps // snapshots``
+            meta-iterations), with the training seconds so far, for an accuracy-against-time
+            curve; 0 for none.
     """
 
     inner: MAMLConfig = MAMLConfig(1, 0.4)
     n_way: int = 5
     hidden: int = 32
+    shots: int = 1
     steps: int = 160
     tasks: int = 8
     queries: int = 15
     outer_lr: float = 3e-3
     test_steps: int = 3
+    snapshots: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 1:
+            raise ValueError(f"shots must be an int of at least 1, got {self.shots!r}")
+        if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int):
+            raise ValueError(f"snapshots must be an int, got {self.snapshots!r}")
+        if not 0 <= self.snapshots <= self.steps:
+            raise ValueError(
+                f"snapshots must be between 0 and steps ({self.steps}), got {self.snapshots}"
+            )
 
     @classmethod
     def preset(cls, budget: Budget, first_order: bool = False, **changes) -> Config:
@@ -494,13 +511,24 @@ def train(
     """Meta-train :func:`build`'s network with :func:`meta_step` on tasks drawn from ``data``."""
     net = build(config, data).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.outer_lr)
+    every = max(config.steps // config.snapshots, 1) if config.snapshots else 0
+    snapshots, seconds = {}, 0.0
 
-    def step(_: int) -> dict[str, float]:
-        ep = sample_episodes(data, config.n_way, 1, config.queries, config.tasks, generator)
-        return meta_step(net, opt, ep.to(device), F.cross_entropy, config.inner)
+    def step(i: int) -> dict[str, float]:
+        nonlocal seconds
+        start = time.perf_counter()
+        ep = sample_episodes(
+            data, config.n_way, config.shots, config.queries, config.tasks, generator
+        )
+        metrics = meta_step(net, opt, ep.to(device), F.cross_entropy, config.inner)
+        seconds += time.perf_counter() - start
+        if every and (i + 1) % every == 0:
+            snapshots[i + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            metrics["seconds"] = seconds
+        return metrics
 
     desc = "first-order MAML" if config.inner.first_order else "MAML"
-    return Run(net, fit(step, config.steps, desc=desc))
+    return Run(net, fit(step, config.steps, desc=desc), snapshots)
 
 
 def adapted_logits(model: nn.Module, episode: Episode, steps: int, lr: float) -> torch.Tensor:

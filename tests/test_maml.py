@@ -14,6 +14,7 @@ from torch.func import grad, jvp
 
 from conftest import linear_model, one_point_episode
 from metalib import maml, reptile, train
+from metalib.data.base import ImageClasses
 from metalib.maml import MAMLConfig
 from metalib.nets import MLP, Conv4, forward_with, with_batch_norm_kernel
 from metalib.tasks import Episode
@@ -253,6 +254,50 @@ def test_fast_loop_gives_the_plain_loop_meta_gradient_in_float64(first_order, st
         torch.testing.assert_close(g_fast[k], g_plain[k], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("chunk", [1, 2, 8])
+def test_any_chunk_gives_the_plain_loop_meta_gradient_in_float64(chunk, first_order):
+    """5 tasks adapted 1, 2 (uneven: 2 + 2 + 1) or all at a time under vmap: the plain loop's
+    outputs, losses and gradients, for theta and for per-parameter step sizes (``also``)."""
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    g = torch.Generator().manual_seed(9)
+    lrs = {k: (0.1 + 0.3 * torch.rand(v.shape, generator=g, dtype=v.dtype)).requires_grad_()
+           for k, v in params.items()}  # fmt: skip
+    also = {f"lr.{k}": v for k, v in lrs.items()}
+    episode = random_episode(5, seed=10, n_s=4, n_q=5)
+    results = []
+    for fast_loop in (False, True):
+        config = MAMLConfig(2, lrs, first_order, vectorise=False, fast_loop=fast_loop, chunk=chunk)
+        grads, losses = maml.meta_gradient(net, params, episode, F.cross_entropy, config, also)
+        outputs = maml.episode_outputs(net, params, episode, F.cross_entropy, config)
+        results.append((grads, losses, outputs))
+    (g_plain, l_plain, o_plain), (g_fast, l_fast, o_fast) = results
+    torch.testing.assert_close(o_fast, o_plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(l_fast, l_plain, rtol=1e-12, atol=0)
+    assert set(g_fast) == set(g_plain) == {*params, *also}
+    for k in g_plain:
+        assert g_plain[k].abs().max() > 0, k  # every tensor gets a gradient to compare
+        torch.testing.assert_close(g_fast[k], g_plain[k], rtol=1e-9, atol=1e-12)
+
+
+def test_the_fast_loop_adapts_a_chunk_of_tasks_per_call():
+    """The inner loop runs once per chunk of tasks (here 3 + 3 + 1), not once per task."""
+    net = tiny_conv4()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    episode = random_episode(7, seed=11)
+    config = MAMLConfig(1, 0.3, vectorise=False, chunk=3)
+    with mock.patch.object(maml, "_adapt_tasks", wraps=maml._adapt_tasks) as adapt_tasks:
+        maml.meta_gradient(net, params, episode, F.cross_entropy, config)
+    assert [c.args[2].shape[0] for c in adapt_tasks.call_args_list] == [3, 3, 1]
+
+
+def test_chunk_must_be_a_positive_int():
+    for bad in (0, -1, 2.0, True, None):
+        with pytest.raises(ValueError, match="chunk must be an int of at least 1"):
+            MAMLConfig(chunk=bad)
+
+
 def test_fast_loop_agrees_with_the_plain_loop_in_float32():
     torch.manual_seed(0)
     net = Conv4(n_classes=3, hidden=8, image_size=16)
@@ -307,6 +352,7 @@ def test_default_config_runs_the_fast_loop_on_a_cpu_and_decides_once():
             decide.spy_return if hasattr(decide, "spy_return") else maml._path(net, config, episode)
         )
         assert path.vectorise == vectorised and (path.layout is maml._channels_last) == fast
+        assert path.chunk == (config.chunk if fast else 0)
 
 
 def test_channels_last_copies_images_into_channels_last_memory():
@@ -404,3 +450,35 @@ def test_step_size_paths_give_the_plain_loop_values_and_gradients(vectorise):
     torch.testing.assert_close(l_other, l_plain, rtol=1e-12, atol=0)
     for a, b in zip(g_other, g_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_recipe_keeps_snapshots_with_the_training_seconds():
+    """maml.train with snapshots=2 over 4 meta-iterations keeps the weights after 2 and 4, the
+    last equal to the trained network's; the history records the seconds where it kept them."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 16, 16), generator=g, dtype=torch.uint8)
+    data = ImageClasses("rand/train", images, tuple(f"c{i}" for i in range(6)), ("g",) * 6)
+    config = maml.Config(n_way=3, hidden=4, steps=4, tasks=2, queries=2, snapshots=2)
+    run = maml.train(config, data, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert sorted(run.snapshots) == [2, 4]
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(run.snapshots[4][k], v)
+    assert not torch.equal(run.snapshots[2]["head.weight"], run.snapshots[4]["head.weight"])
+    seconds = [run.history["seconds"][run.history.step.index(i - 1)] for i in (2, 4)]
+    assert 0 < seconds[0] < seconds[1]
+    assert maml.train(replace(config, snapshots=0), data, g, torch.device("cpu")).snapshots == {}
+    for bad in (-1, 5, 1.0):
+        with pytest.raises(ValueError, match="snapshots must be"):
+            replace(config, snapshots=bad)
+
+
+def test_recipe_trains_on_tasks_of_its_shots():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 4, 16, 16), generator=g, dtype=torch.uint8)
+    data = ImageClasses("rand/train", images, tuple(f"c{i}" for i in range(6)), ("g",) * 6)
+    config = maml.Config(n_way=3, hidden=4, shots=2, steps=2, tasks=2, queries=1)
+    with mock.patch.object(maml, "sample_episodes", wraps=maml.sample_episodes) as sample:
+        maml.train(config, data, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert [c.args[1:5] for c in sample.call_args_list] == [(3, 2, 1, 2)] * 2
+    with pytest.raises(ValueError, match="shots must be an int of at least 1"):
+        replace(config, shots=0)
