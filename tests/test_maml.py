@@ -17,6 +17,7 @@ from metalib import maml, reptile, train
 from metalib.data.base import ImageClasses
 from metalib.maml import MAMLConfig
 from metalib.nets import MLP, Conv4, forward_with, with_batch_norm_kernel
+from metalib.runtime import Budget
 from metalib.tasks import Episode
 
 
@@ -482,3 +483,13 @@ def test_recipe_trains_on_tasks_of_its_shots():
     assert [c.args[1:5] for c in sample.call_args_list] == [(3, 2, 1, 2)] * 2
     with pytest.raises(ValueError, match="shots must be an int of at least 1"):
         replace(config, shots=0)
+
+
+def test_preset_tests_as_it_trains():
+    """The book's recipe adapts a test task by the inner steps of meta-training: one step of 0.4
+    (second order), three of 0.1 (first order); the budget changes only the meta-iterations."""
+    for budget in (Budget("default"), Budget("long")):
+        second, first = maml.Config.preset(budget), maml.Config.preset(budget, first_order=True)
+        assert (second.inner.inner_steps, second.inner.inner_lr, second.test_steps) == (1, 0.4, 1)
+        assert (first.inner.inner_steps, first.inner.inner_lr, first.test_steps) == (3, 0.1, 3)
+    assert maml.Config.preset(Budget("default"), test_steps=5).test_steps == 5
