@@ -30,8 +30,7 @@ and the inner loop stays a pure function.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +43,7 @@ from metalib.nets import Conv4, fast_conv4, forward_with, with_batch_norm_kernel
 from metalib.runtime import Budget
 from metalib.tasks import Episode, sample_episodes
 from metalib.train import fit
-from metalib.trained import Run
+from metalib.trained import Run, with_snapshots
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -274,6 +273,11 @@ def _adapt_tasks(
     return vmap(one)(support_x, support_y)
 
 
+def _add(total: list, new: Sequence) -> list:
+    """Gradients summed name by name; ``None`` (a tensor the loss did not reach) adds nothing."""
+    return [b if a is None else a if b is None else a + b for a, b in zip(total, new, strict=True)]
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -375,16 +379,13 @@ def meta_gradient(
                 losses.append(task_loss.detach())
             seeds = [torch.stack(s) for s in outer]
             new = torch.autograd.grad(list(fast.values()), leaves, seeds, allow_unused=True)
-            pairs = zip(grads, new, strict=True)
-            grads = [b if a is None else a if b is None else a + b for a, b in pairs]
+            grads = _add(grads, new)
         losses = torch.stack(losses)
     else:  # one task's graph at a time
         grads, losses = [None] * len(leaves), []
         for task in zip(*tasks, strict=True):
             task_loss = loss(*task)
-            new = torch.autograd.grad(task_loss / n, leaves, allow_unused=True)
-            pairs = zip(grads, new, strict=True)
-            grads = [b if a is None else a if b is None else a + b for a, b in pairs]
+            grads = _add(grads, torch.autograd.grad(task_loss / n, leaves, allow_unused=True))
             losses.append(task_loss.detach())
         losses = torch.stack(losses)
     grads = [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads, strict=True)]
@@ -516,22 +517,14 @@ def train(
     """Meta-train :func:`build`'s network with :func:`meta_step` on tasks drawn from ``data``."""
     net = build(config, data).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.outer_lr)
-    every = max(config.steps // config.snapshots, 1) if config.snapshots else 0
-    snapshots, seconds = {}, 0.0
 
-    def step(i: int) -> dict[str, float]:
-        nonlocal seconds
-        start = time.perf_counter()
+    def step(_: int) -> dict[str, float]:
         ep = sample_episodes(
             data, config.n_way, config.shots, config.queries, config.tasks, generator
         )
-        metrics = meta_step(net, opt, ep.to(device), F.cross_entropy, config.inner)
-        seconds += time.perf_counter() - start
-        if every and (i + 1) % every == 0:
-            snapshots[i + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            metrics["seconds"] = seconds
-        return metrics
+        return meta_step(net, opt, ep.to(device), F.cross_entropy, config.inner)
 
+    step, snapshots = with_snapshots(step, net, config.steps, config.snapshots)
     desc = "first-order MAML" if config.inner.first_order else "MAML"
     return Run(net, fit(step, config.steps, desc=desc), snapshots)
 

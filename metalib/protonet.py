@@ -29,7 +29,6 @@ The book's recipe (chapter 4, and chapter 7's comparison) is :class:`Config`, :f
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +40,7 @@ from metalib.nets import embed_tasks, fast_conv4
 from metalib.runtime import Budget
 from metalib.tasks import Episode, check_labelled, sample_episodes
 from metalib.train import episode_logits, episode_loss, fit
-from metalib.trained import Run
+from metalib.trained import Run, with_snapshots
 
 METRICS = ("euclidean", "cosine")
 
@@ -230,24 +229,17 @@ def train(
     net = build(config, data).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
-    every = max(config.steps // config.snapshots, 1) if config.snapshots else 0
-    snapshots, seconds = {}, 0.0
 
-    def step(i: int) -> dict[str, float]:
-        nonlocal seconds
-        start = time.perf_counter()
+    def step(_: int) -> dict[str, float]:
         episode = sample_episodes(data, config.train_way, 1, config.queries, 1, generator)
         loss, acc = episode_loss(net, episode.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        metrics = {"loss": loss.item(), "accuracy": acc.mean().item()}
-        seconds += time.perf_counter() - start
-        if every and (i + 1) % every == 0:
-            snapshots[i + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            metrics["seconds"] = seconds
-        return metrics
+        return {"loss": loss.item(), "accuracy": acc.mean().item()}
+
+    step, snapshots = with_snapshots(step, net, config.steps, config.snapshots)
 
     history = fit(step, config.steps, desc=f"ProtoNet ({config.metric})")
     return Run(net, history, snapshots)

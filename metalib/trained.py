@@ -19,7 +19,7 @@ import ast
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -51,6 +51,33 @@ class Run:
     model: nn.Module
     history: History
     snapshots: dict[int, State] = field(default_factory=dict)
+
+
+def with_snapshots(
+    step: Callable[[int], dict[str, float]], model: nn.Module, steps: int, count: int
+) -> tuple[Callable[[int], dict[str, float]], dict[int, State]]:
+    """``step`` timed, with ``model``'s weights kept ``count`` times over ``steps`` training steps.
+
+    The returned step runs ``step``, adds its seconds to a running total and, every ``steps //
+    count`` steps, keeps a CPU copy of ``model.state_dict()`` in the returned dict (by steps done)
+    and reports the seconds so far as the metric ``seconds``: what a recipe's ``train`` needs for
+    :attr:`Run.snapshots` and an accuracy-against-time curve. ``count`` 0 keeps nothing.
+    """
+    every = max(steps // count, 1) if count else 0
+    snapshots: dict[int, State] = {}
+    seconds = 0.0
+
+    def timed(i: int) -> dict[str, float]:
+        nonlocal seconds
+        start = time.perf_counter()
+        metrics = step(i)
+        seconds += time.perf_counter() - start
+        if every and (i + 1) % every == 0:
+            snapshots[i + 1] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            metrics["seconds"] = seconds
+        return metrics
+
+    return timed, snapshots
 
 
 @dataclass
