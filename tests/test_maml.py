@@ -493,3 +493,21 @@ def test_preset_tests_as_it_trains():
         assert (second.inner.inner_steps, second.inner.inner_lr, second.test_steps) == (1, 0.4, 1)
         assert (first.inner.inner_steps, first.inner.inner_lr, first.test_steps) == (3, 0.1, 3)
     assert maml.Config.preset(Budget("default"), test_steps=5).test_steps == 5
+
+
+def test_preset_iterations_per_budget():
+    """Second-order MAML trains 400 meta-iterations at the default budget, first order and
+    Meta-SGD's base 160; all 5,000 at ``long``."""
+    from metalib import meta_sgd
+
+    default, long = Budget("default"), Budget("long")
+    assert maml.Config.preset(default).steps == 400
+    assert maml.Config.preset(default, first_order=True).steps == 160
+    assert meta_sgd.Config.preset(default).base.steps == 160
+    assert meta_sgd.Config.preset(default).base == maml.Config.preset(default, steps=160)
+    for preset in (
+        maml.Config.preset(long),
+        maml.Config.preset(long, first_order=True),
+        meta_sgd.Config.preset(long).base,
+    ):
+        assert preset.steps == 5_000

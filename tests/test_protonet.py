@@ -148,3 +148,17 @@ def test_bad_input_says_what_to_change(generator):
         protonet.ProtoNet(nn.Flatten(), temperature=0.0)
     with pytest.raises(ValueError, match="task axis"):
         embed_tasks(nn.Flatten(), torch.zeros(4, 1, 8, 8), torch.zeros(2, 4, 1, 8, 8))
+
+
+def test_rotations_train_on_four_times_the_classes(generator):
+    from conftest import make_tiny_classes
+    from metalib.runtime import Budget
+
+    assert protonet.Config.preset(Budget("default")).rotations  # the book's recipe
+    two = make_tiny_classes(n_classes=2, per_class=3, size=16)
+    plain = protonet.Config(hidden=8, train_way=8, queries=1, steps=1, snapshots=0)
+    with pytest.raises(ValueError, match="way"):  # 8-way episodes need 8 classes
+        protonet.train(plain, two, generator, torch.device("cpu"))
+    rotated = protonet.Config(**{**plain.__dict__, "rotations": True})
+    run = protonet.train(rotated, two, generator, torch.device("cpu"))  # 2 classes x 4 rotations
+    assert len(run.history["loss"]) == 1 and math.isfinite(run.history["loss"][0])
