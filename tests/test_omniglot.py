@@ -363,3 +363,33 @@ def test_bad_arguments_raise(tmp_path):
         omniglot.load("training", root=tmp_path)
     with pytest.raises(ValueError, match="variant must be one of"):
         omniglot.load("train", root=tmp_path, variant="tiny")
+
+
+def test_load_available_prefers_the_full_set_then_the_small_one(monkeypatch, tmp_path):
+    tried = []
+
+    def fake(split, root=None, cache_dir=None, variant="full"):
+        tried.append((split, variant))
+        if variant in missing:
+            raise FileNotFoundError(variant)
+        return f"{variant}/{split}"
+
+    monkeypatch.setattr(omniglot, "load", fake)
+    missing = set()
+    assert omniglot.load_available("train", "test") == ("full/train", "full/test")
+    missing, tried[:] = {"full"}, []
+    assert omniglot.load_available("test") == ("small/test",)
+    assert tried == [("test", "full"), ("test", "small")]
+    missing = {"full", "small"}
+    assert omniglot.load_available("train", "test") is None
+    with pytest.raises(ValueError, match="at least one split"):
+        omniglot.load_available()
+
+
+@pytest.mark.omniglot
+def test_load_available_finds_the_small_zips(omniglot_dir, decoded, tmp_path):
+    background, test = omniglot.load_available("train", "test", root=omniglot_dir,
+                                                cache_dir=decoded)  # fmt: skip
+    assert (background.name, test.name) == ("omniglot-small/train", "omniglot-small/test")
+    assert not set(background.group_names) & set(test.group_names)
+    assert omniglot.load_available("test", root=tmp_path) is None  # an empty folder

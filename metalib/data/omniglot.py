@@ -353,3 +353,23 @@ def load(
     keep = [i for i, group in enumerate(whole.groups) if group in wanted]
     prefix = "omniglot" if variant == "full" else "omniglot-small"
     return whole.subset(keep, name=f"{prefix}/{split}")
+
+
+def load_available(
+    *splits: str, root: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[ImageClasses, ...] | None:
+    """``splits`` of the full Omniglot where its two official zips are found, else of the small
+    variant (the two "background small" zips), else ``None``: the chapters' Omniglot sections
+    then say the data is missing and skip.
+
+    Example: ``load_available("train", "test")`` gives ``(background, test)``; neither ever
+    holds an alphabet of the other.
+    """
+    if not splits:
+        raise ValueError('name at least one split, e.g. load_available("test")')
+    for variant in ("full", "small"):
+        try:
+            return tuple(load(s, root, cache_dir=cache_dir, variant=variant) for s in splits)
+        except FileNotFoundError:
+            continue
+    return None
