@@ -494,10 +494,10 @@ class Config:
     def preset(cls, budget: Budget, first_order: bool = False, **changes) -> Config:
         """The book's recipe at ``budget``: 400 meta-iterations (5,000 for ``long``), where the
         steep rise of MAML's accuracy on Glyphs ends (85% at 5-way 1-shot after 3 test steps; 78%
-        after 160 iterations, 87% after 640: ``benchmarks/results/accuracy_budget.md``). First order takes 160 iterations of 3 inner
-        steps of 0.1 instead of 1 of 0.4: with one step it barely learns in 160 iterations (44.9%
-        against 79.5% at 5-way 1-shot, ``benchmarks/compare.py``), and extra first-order steps
-        cost little.
+        after 160 iterations, 87% after 640: ``benchmarks/results/accuracy_budget.md``). First order
+        takes 160 iterations of 3 inner steps of 0.1 instead of 1 of 0.4: with one step it barely
+        learns in 160 iterations (44.9% against 79.5% at 5-way 1-shot, ``benchmarks/compare.py``),
+        and extra first-order steps cost little.
 
         A test task is adapted as in meta-training (``test_steps`` = the inner steps): more steps
         of a step size learned for one first overshoot on a 5-shot support set
