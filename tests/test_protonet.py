@@ -1,6 +1,7 @@
 """Prototypical networks, pixel nearest neighbour, and the episodic loss and scorer."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -159,6 +160,6 @@ def test_rotations_train_on_four_times_the_classes(generator):
     plain = protonet.Config(hidden=8, train_way=8, queries=1, steps=1, snapshots=0)
     with pytest.raises(ValueError, match="way"):  # 8-way episodes need 8 classes
         protonet.train(plain, two, generator, torch.device("cpu"))
-    rotated = protonet.Config(**{**plain.__dict__, "rotations": True})
+    rotated = replace(plain, rotations=True)
     run = protonet.train(rotated, two, generator, torch.device("cpu"))  # 2 classes x 4 rotations
     assert len(run.history["loss"]) == 1 and math.isfinite(run.history["loss"][0])
