@@ -1,6 +1,6 @@
 """Open every page of the built book in headless Chromium and check what a reader would see.
 
-    .venv/bin/python tools/check_book.py [--html _build/html] [--toc _toc.yml]
+    .venv/bin/python tools/check_book.py [--html _build/html] [--toc _toc.yml] [--table PATH]
 
 Drives Debian's Chromium with Playwright (one browser, one tab reused). For each page of the
 table of contents: the page exists and loads; math is typeset by the book's own MathJax (no raw
@@ -10,6 +10,16 @@ TeX left); widgets are drawn from their embedded state; every image is present a
 needs is missing. Offline by construction: every request that is not ``file://`` is blocked and
 reported. Following links from the landing page must reach every page of the table of contents.
 A full-page screenshot of each chapter goes to ``_build/screenshots/``.
+
+Layout at a 1280-px window (the theme's column is 684 px; a code block shows 77 characters):
+every ``<details>`` fold is opened first, so folded code is measured too, and closed again
+before the screenshot. A code block (``pre``: cell input, cell output, Markdown) whose content
+is wider than its box (``scrollWidth > clientWidth``) is a problem naming the block and its
+widest line; an image shown below 80% of its natural width is a problem. Reported per page,
+not judged: code blocks, the cell-input lines a reader sees without opening a fold, figures;
+``main`` ends with these as a Markdown table (``--table PATH`` also writes it to a file).
+Overlapping labels inside a figure cannot be seen here (figures are PNGs), so they are left to
+a matplotlib-side check rather than guessed from pixels.
 
 Exits 1 naming each failure (``FAIL page: what``); exits 2 when Playwright or Chromium is missing
 or no book was built.
@@ -43,6 +53,8 @@ KNOWN_NOISE = (
     "reading 'Queue'",
     "Failed to load resource",
 )
+# A figure shown narrower than this share of its natural width is too small to read.
+SMALLEST = 0.8
 MAIN = "#main-content, main, article, [role=main]"
 # Waits for the page's own MathJax and widget embedder, then reads what a reader would see.
 INSPECT = """async ([main, settleMs]) => {
@@ -76,7 +88,50 @@ INSPECT = """async ([main, settleMs]) => {
       || el.textContent.includes('Traceback (most recent call last)'));
   const tracebacks = outputs.filter(el => !outputs.some(o => o !== el && o.contains(el)));
   const lastLine = el => el.textContent.trim().split('\\n').pop().trim().slice(0, 160);
+  // Layout. Input lines a reader sees are counted with every fold as the page opens; then
+  // every <details> is opened, code blocks and figures are measured, and the folds closed.
+  const shown = el => el.getClientRects().length > 0;
+  const lineCount = pre => {
+    const text = pre.textContent.replace(/\\n$/, '');
+    return text ? text.split('\\n').length : 0;
+  };
+  const inputLines = [...root.querySelectorAll('.cell_input pre')]
+    .filter(pre => shown(pre) && !pre.closest('details'))
+    .reduce((n, pre) => n + lineCount(pre), 0);
+  const folds = [...root.querySelectorAll('details:not([open])')];
+  folds.forEach(d => { d.open = true; });
+  const cells = [...root.querySelectorAll('div.cell')];
+  const pen = document.createElement('canvas').getContext('2d');
+  const blocks = [...root.querySelectorAll('pre')].filter(shown).map((pre, k) => {
+    const cell = pre.closest('div.cell');
+    const part = pre.closest('.cell_input') ? 'input' : pre.closest('.cell_output') ? 'output'
+      : 'code';
+    const where = cell ? `cell ${cells.indexOf(cell) + 1} ${part}` : 'markdown';
+    const style = getComputedStyle(pre);
+    pen.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const lines = pre.textContent.split('\\n');
+    const widths = lines.map(line => pen.measureText(line).width);
+    const widest = lines[widths.indexOf(Math.max(...widths))];
+    return {
+      where: `block ${k + 1} (${where})`,
+      overflow: pre.scrollWidth - pre.clientWidth,
+      widest: widest.slice(0, 60),
+    };
+  });
+  const figures = [...root.querySelectorAll('img')]
+    .filter(img => img.naturalWidth > 0 && shown(img))
+    .map(img => ({
+      src: (img.getAttribute('src') || img.currentSrc).slice(0, 100),
+      natural: img.naturalWidth,
+      width: Math.round(img.getBoundingClientRect().width),
+    }))
+    .filter(f => f.width > 0);
+  folds.forEach(d => { d.open = false; });
   return {
+    cells: cells.length,
+    inputLines,
+    blocks,
+    figures,
     title: document.title,
     hasMain: !!document.querySelector(main),
     math: maths.length,
@@ -162,6 +217,7 @@ def check_site(
     shoot: Callable[[str], bool] = lambda page: page.startswith("chapters/"),
     settle_s: float = 10.0,
     report: Callable[[str], None] = print,
+    measures: dict[str, dict] | None = None,
 ) -> list[str]:
     """Open each page of ``pages`` under ``html`` in headless Chromium; return the problems.
 
@@ -172,6 +228,7 @@ def check_site(
         screenshots: directory for full-page screenshots of the pages ``shoot`` selects.
         settle_s: the longest wait for MathJax, widgets and images on one page.
         report: receives one summary line per page.
+        measures: if given, filled with ``measure(seen)`` of each page that loaded.
     Returns:
         One ``"page: what"`` string per problem, empty when every page is as a reader expects.
     """
@@ -242,11 +299,17 @@ def check_site(
                 if not (html / f"{target}.html").exists():
                     page_problems.append(f"links to {target}.html, which does not exist")
             problems += [f"{name}: {p}" for p in page_problems]
+            m = measure(seen)
+            if measures is not None:
+                measures[name] = m
             report(
                 f"{name}: {seen['typeset']}/{seen['math']} formulas typeset, "
                 f"{seen['drawn']}/{seen['views']} widgets drawn, "
                 f"{seen['images'] - len(seen['broken'])}/{seen['images']} images decoded, "
                 f"{len(seen['tracebacks'])} tracebacks ({seen['intended']} intended), "
+                f"code blocks {m['blocks']} ({m['overflowing']} overflowing), "
+                f"input lines shown {m['input_lines']}, "
+                f"figures {m['figures']} ({len(m['small'])} below 80%), "
                 f"{len(events)} console/network problems, {time.perf_counter() - start:.1f} s"
             )
         browser.close()
@@ -272,7 +335,54 @@ def judge(seen: dict) -> list[str]:
         problems.append(f"{seen['views']} widgets embedded but only {seen['drawn']} drawn")
     problems += [f"image {src} is missing or does not decode" for src in seen["broken"]]
     problems += [f"shows an error traceback: {t}" for t in seen["tracebacks"]]
+    problems += [
+        f"code block wider than the column by {b['overflow']} px: {b['where']}, "
+        f"widest line '{b['widest']}'"
+        for b in seen["blocks"]
+        if b["overflow"] > 0
+    ]
+    problems += [
+        f"figure {f['src']} shown at {f['width']} of its {f['natural']} px "
+        f"({percent(f)}% of its natural width, below {SMALLEST:.0%})"
+        for f in seen["figures"]
+        if f["width"] < SMALLEST * f["natural"]
+    ]
     return problems
+
+
+def percent(figure: dict) -> int:
+    """Shown width as a whole percentage of natural width, rounded down (79.9 -> 79)."""
+    return 100 * figure["width"] // figure["natural"]
+
+
+def measure(seen: dict) -> dict:
+    """The layout numbers of one page that ``INSPECT`` read: reported, and judged in ``judge``."""
+    return {
+        "cells": seen["cells"],
+        "blocks": len(seen["blocks"]),
+        "overflowing": sum(b["overflow"] > 0 for b in seen["blocks"]),
+        "input_lines": seen["inputLines"],
+        "figures": len(seen["figures"]),
+        "small": [percent(f) for f in seen["figures"] if f["width"] < SMALLEST * f["natural"]],
+    }
+
+
+def table(measures: dict[str, dict]) -> str:
+    """A Markdown table of ``measures``, one row per page that has code cells."""
+    rows = [
+        "| page | code blocks | overflowing | input lines shown | figures | below 80% |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for page, m in measures.items():
+        if m["cells"]:
+            small = str(len(m["small"]))
+            if m["small"]:
+                small += " (" + ", ".join(f"{p}%" for p in m["small"]) + ")"
+            rows.append(
+                f"| {page} | {m['blocks']} | {m['overflowing']} | {m['input_lines']} "
+                f"| {m['figures']} | {small} |"
+            )
+    return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toc", type=Path, default=ROOT / "_toc.yml")
     parser.add_argument(
         "--screenshots", type=Path, help="where chapter screenshots go (default: beside --html)"
+    )
+    parser.add_argument(
+        "--table", type=Path, help="also write the per-page Markdown table to this file"
     )
     args = parser.parse_args(argv)
     missing = browser_missing()
@@ -292,9 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shots = args.screenshots or args.html.parent / "screenshots"
     start = time.perf_counter()
-    problems = check_site(args.html, toc_pages(args.toc), screenshots=shots)
+    measures: dict[str, dict] = {}
+    problems = check_site(args.html, toc_pages(args.toc), screenshots=shots, measures=measures)
     for p in problems:
         print("FAIL", p)
+    summary = table(measures)
+    print()
+    print(summary)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(summary)
     for shot in sorted(shots.glob("*.png")):
         width, height = struct.unpack(">II", shot.read_bytes()[16:24])  # the PNG's IHDR
         print(f"screenshot {shot}: {width}x{height} px, {shot.stat().st_size / 1e3:.0f} kB")
