@@ -79,8 +79,9 @@ def query_tokens(query_features: torch.Tensor, n_slots: int) -> torch.Tensor:
         raise ValueError(f"n_slots must be at least 1, got {n_slots}")
     if query_features.dim() != 3:
         raise ValueError(
-            f"query_features must be (T, P, D), got shape {tuple(query_features.shape)}; "
-            "add a task axis with .unsqueeze(0)"
+            f"query_features must be (T, P, D), got shape "
+            f"{tuple(query_features.shape)}; add a task axis with "
+            ".unsqueeze(0)",
         )
     zeros = query_features.new_zeros(*query_features.shape[:2], n_slots)
     return torch.cat([query_features, zeros], dim=-1)
@@ -124,14 +125,18 @@ def spread_labels(
         The relabelled ``(support_y, query_y)``, labels in ``0..n_slots-1``.
     """
     if n_slots < n_way:
-        raise ValueError(f"n_slots ({n_slots}) must be at least n_way ({n_way})")
-    if support_y.dim() != 2 or query_y.dim() != 2 or support_y.shape[0] != query_y.shape[0]:
         raise ValueError(
-            f"support_y (T, S) and query_y (T, P) must be 2-D with the same T, got "
-            f"{tuple(support_y.shape)} and {tuple(query_y.shape)}"
+            f"n_slots ({n_slots}) must be at least n_way ({n_way})",
+        )
+    both_2d = support_y.dim() == 2 and query_y.dim() == 2
+    if not both_2d or support_y.shape[0] != query_y.shape[0]:
+        raise ValueError(
+            f"support_y (T, S) and query_y (T, P) must be 2-D with the same "
+            f"T, got {tuple(support_y.shape)} and {tuple(query_y.shape)}",
         )
     t = support_y.shape[0]
-    slots = torch.rand(t, n_slots, generator=generator).argsort(dim=1)[:, :n_way]
+    keys = torch.rand(t, n_slots, generator=generator)
+    slots = keys.argsort(dim=1)[:, :n_way]
     slots = slots.to(support_y.device)
     return slots.gather(1, support_y), slots.gather(1, query_y)
 
@@ -188,7 +193,10 @@ class SequenceLearner(nn.Module):
         self.head = nn.Linear(hidden, n_slots)
 
     def forward(
-        self, support_features: torch.Tensor, support_y: torch.Tensor, query_features: torch.Tensor
+        self,
+        support_features: torch.Tensor,
+        support_y: torch.Tensor,
+        query_features: torch.Tensor,
     ) -> torch.Tensor:
         """Logits ``(T, P, n_slots)`` of queries ``(T, P, D)`` given a labelled support set.
 
@@ -196,27 +204,42 @@ class SequenceLearner(nn.Module):
             support_features: ``(T, S, D)``; support_y: ``(T, S)`` long labels in
             ``0..n_slots-1``; query_features: ``(T, P, D)``.
         """
-        support = label_sequence(support_features, support_y, self.n_slots)  # (T, S, D + n)
-        queries = query_tokens(query_features, self.n_slots)  # (T, P, D + n)
-        if support.shape[-1] != self.feature_dim + self.n_slots or (
-            queries.shape[-1] != support.shape[-1] or queries.shape[0] != support.shape[0]
-        ):
+        # the tokens: support (T, S, D + n), queries (T, P, D + n)
+        support = label_sequence(support_features, support_y, self.n_slots)
+        queries = query_tokens(query_features, self.n_slots)
+        shapes_ok = (
+            support.shape[-1] == self.feature_dim + self.n_slots
+            and queries.shape[-1] == support.shape[-1]
+            and queries.shape[0] == support.shape[0]
+        )
+        if not shapes_ok:
             raise ValueError(
-                f"expected support (T, S, {self.feature_dim}) and queries (T, P, "
-                f"{self.feature_dim}) with the same T, got {tuple(support_features.shape)} and "
-                f"{tuple(query_features.shape)}; build the learner with the encoder's feature_dim"
+                f"expected support (T, S, {self.feature_dim}) and queries (T, "
+                f"P, {self.feature_dim}) with the same T, got "
+                f"{tuple(support_features.shape)} and "
+                f"{tuple(query_features.shape)}; build the learner with the "
+                f"encoder's feature_dim",
             )
         t, p = queries.shape[:2]
         if self.kind == "lstm":
             _, (h, c) = self.lstm(support)  # (layers, T, hidden) each
-            # one more step per query from the same final state: (layers, T * P, hidden)
-            h = h.unsqueeze(2).expand(-1, -1, p, -1).reshape(h.shape[0], t * p, -1)
-            c = c.unsqueeze(2).expand(-1, -1, p, -1).reshape(c.shape[0], t * p, -1)
-            out, _ = self.lstm(queries.reshape(t * p, 1, -1), (h.contiguous(), c.contiguous()))
+            # one more step per query from the same final state:
+            # (layers, T * P, hidden)
+            h = h.unsqueeze(2).expand(-1, -1, p, -1)
+            h = h.reshape(h.shape[0], t * p, -1)
+            c = c.unsqueeze(2).expand(-1, -1, p, -1)
+            c = c.reshape(c.shape[0], t * p, -1)
+            out, _ = self.lstm(
+                queries.reshape(t * p, 1, -1),
+                (h.contiguous(), c.contiguous()),
+            )
             return self.head(out.reshape(t, p, -1))
         s = support.shape[1]
         mask = attention_mask(s, p, device=support.device)
-        out = self.transformer(self.embed(torch.cat([support, queries], dim=1)), mask=mask)
+        out = self.transformer(
+            self.embed(torch.cat([support, queries], dim=1)),
+            mask=mask,
+        )
         return self.head(out[:, s:])
 
 
@@ -242,19 +265,26 @@ class BlackBoxClassifier(nn.Module):
         self.encoder, self.learner = encoder, learner
 
     def forward(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        n_way: int,
     ) -> torch.Tensor:
         """Logits ``(T, P, N)`` of the queries ``(T, P, C, H, W)`` given the support set."""
         n_slots = self.learner.n_slots
         if not 1 <= n_way <= n_slots:
             raise ValueError(
-                f"n_way must lie in 1..{n_slots}, got {n_way}; a learner built with "
-                f"n_slots={n_slots} tells at most {n_slots} classes apart: build it with more slots"
+                f"n_way must lie in 1..{n_slots}, got {n_way}; a learner built "
+                f"with n_slots={n_slots} tells at most {n_slots} classes apart: "
+                f"build it with more slots",
             )
-        if support_y.numel() and (support_y.min() < 0 or support_y.max() >= n_way):
+        out_of_range = (support_y < 0) | (support_y >= n_way)
+        if out_of_range.any():
             raise ValueError(
-                f"support labels must lie in 0..{n_way - 1} for a {n_way}-way task, got values "
-                f"from {support_y.min().item()} to {support_y.max().item()}"
+                f"support labels must lie in 0..{n_way - 1} for a {n_way}-way "
+                f"task, got values from {support_y.min().item()} to "
+                f"{support_y.max().item()}",
             )
         sf, qf = embed_tasks(self.encoder, support_x, query_x)
         return self.learner(sf, support_y, qf)[..., :n_way]
@@ -293,17 +323,28 @@ def fit_on_features(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def step(_: int) -> dict[str, float]:
-        ep = sample_episodes(data, n_way, 1, queries, tasks, generator).to(device)
+        ep = sample_episodes(data, n_way, 1, queries, tasks, generator)
+        ep = ep.to(device)
         support_y, query_y, n_out = ep.support_y, ep.query_y, n_way
         if slots:
-            support_y, query_y = spread_labels(support_y, query_y, n_way, slots, generator)
+            support_y, query_y = spread_labels(
+                support_y,
+                query_y,
+                n_way,
+                slots,
+                generator,
+            )
             n_out = slots
-        out = model(ep.support_x, support_y, ep.query_x, n_out)  # (T, N*Q, n_out)
+        # logits (T, N*Q, n_out)
+        out = model(ep.support_x, support_y, ep.query_x, n_out)
         loss = F.cross_entropy(out.flatten(0, 1), query_y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss.item(), "accuracy": accuracy(out.detach(), query_y).mean().item()}
+        return {
+            "loss": loss.item(),
+            "accuracy": accuracy(out.detach(), query_y).mean().item(),
+        }
 
     return fit(step, steps, desc=desc, log_every=10)
 

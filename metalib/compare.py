@@ -342,10 +342,11 @@ def _evaluate(
     the caller, so the ms per task returned here are the learner's own.
     """
     same = episodes
-    if test_features is not None:  # the same indices drawn over the embeddings of the same images
+    # the same indices drawn over the embeddings of the same images
+    if test_features is not None:
         same = FixedEpisodes(
-            test_features, episodes.n_way, episodes.k_shot, episodes.q_queries, len(episodes),
-            episodes.seed,
+            test_features, episodes.n_way, episodes.k_shot,
+            episodes.q_queries, len(episodes), episodes.seed,
         )  # fmt: skip
 
     def adapt(images: Episode, ep: Episode) -> torch.Tensor:
@@ -353,7 +354,8 @@ def _evaluate(
             _embed(encoder, images)
         return predict(ep)
 
-    # memory first, on one task (adapting to a task is what is measured), then time every task
+    # memory first, on one task (adapting to a task is what is measured),
+    # then time every task
     first, first_images = same[0].to(device), episodes[0].to(device)
     peak_mb = peak_memory_mb(lambda: adapt(first_images, first), device)
     accs, seconds = [], 0.0
@@ -364,10 +366,17 @@ def _evaluate(
     )
     for images, ep in bar:
         if not torch.equal(images.classes, ep.classes):
-            raise RuntimeError("feature episodes drifted from the image episodes")  # a bug
+            # cannot happen unless metalib has a bug
+            raise RuntimeError(
+                "feature episodes drifted from the image episodes",
+            )
         ep = ep.to(device)
         with Timer() as t:
             logits = predict(ep)
         seconds += t.seconds
         accs.append(accuracy(logits.float(), ep.query_y).cpu())
-    return mean_ci95(torch.cat(accs), percent=True), 1000 * seconds / len(episodes), peak_mb
+    return (
+        mean_ci95(torch.cat(accs), percent=True),
+        1000 * seconds / len(episodes),
+        peak_mb,
+    )

@@ -37,7 +37,10 @@ class PretrainConfig:
 
 
 def pretrain(
-    model: nn.Module, data: ImageClasses, config: PretrainConfig, generator: torch.Generator
+    model: nn.Module,
+    data: ImageClasses,
+    config: PretrainConfig,
+    generator: torch.Generator,
 ) -> History:
     """Train ``model`` in place to classify all ``data.n_classes`` classes; return its history.
 
@@ -54,23 +57,35 @@ def pretrain(
     out = getattr(model, "head", None)
     if not isinstance(out, nn.Linear) or out.out_features != data.n_classes:
         raise ValueError(
-            f"pre-training on {data.name} needs a head with {data.n_classes} outputs; build the "
-            f"model with n_classes={data.n_classes}"
+            f"pre-training on {data.name} needs a head with "
+            f"{data.n_classes} outputs; build the model with "
+            f"n_classes={data.n_classes}",
         )
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
 
     def step(_: int) -> dict[str, float]:
-        c = torch.randint(data.n_classes, (config.batch_size,), generator=generator)
-        m = torch.randint(data.per_class, (config.batch_size,), generator=generator)
+        c = torch.randint(
+            data.n_classes,
+            (config.batch_size,),
+            generator=generator,
+        )
+        m = torch.randint(
+            data.per_class,
+            (config.batch_size,),
+            generator=generator,
+        )
         x, y = data.get(c, m).to(device), c.to(device)  # (B, 1, H, W), (B,)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"loss": loss.item(), "accuracy": (logits.argmax(-1) == y).float().mean().item()}
+        return {
+            "loss": loss.item(),
+            "accuracy": (logits.argmax(-1) == y).float().mean().item(),
+        }
 
     return fit(step, config.steps, desc=f"pre-training on {data.name}")
 
@@ -99,9 +114,15 @@ class FinetuneConfig:
         if self.steps < 0 or self.probe_steps < 0:
             raise ValueError("steps and probe_steps must be non-negative")
         if self.lr <= 0 or (self.body_lr is not None and self.body_lr < 0):
-            raise ValueError(f"learning rates must be positive (body_lr may be 0), got {self}")
+            raise ValueError(
+                "learning rates must be positive (body_lr may be 0), "
+                f"got {self}"
+            )  # fmt: skip
         if self.frozen_blocks < 0:
-            raise ValueError(f"frozen_blocks must be non-negative, got {self.frozen_blocks}")
+            raise ValueError(
+                "frozen_blocks must be non-negative, "
+                f"got {self.frozen_blocks}"
+            )  # fmt: skip
 
 
 def _fit_head_on_features(
@@ -154,19 +175,23 @@ def finetune(
     """
     if support_x.dim() != 4 or support_y.shape != support_x.shape[:1]:
         raise ValueError(
-            "finetune takes one task: support_x (N*K, C, H, W) and support_y (N*K,); "
-            f"got {tuple(support_x.shape)} and {tuple(support_y.shape)} (use episode.task(i) and "
-            "index [0])"
+            "finetune takes one task: support_x (N*K, C, H, W) and "
+            f"support_y (N*K,); got {tuple(support_x.shape)} and "
+            f"{tuple(support_y.shape)} (use episode.task(i) and index [0])",
         )
     blocks = len(model.body) - 1  # the last entry flattens
     if config.frozen_blocks > blocks:
-        raise ValueError(f"frozen_blocks={config.frozen_blocks}, but the body has {blocks} blocks")
+        raise ValueError(
+            f"frozen_blocks={config.frozen_blocks}, "
+            f"but the body has {blocks} blocks"
+        )  # fmt: skip
     net = with_new_head(model, n_way, generator)
     net.train()
     body_lr = config.lr if config.body_lr is None else config.body_lr
     if config.probe_steps or body_lr == 0:
         with torch.no_grad():
-            feats = net.features(support_x)  # (N*K, D), fixed while only the head learns
+            # features (N*K, D), fixed while only the head learns
+            feats = net.features(support_x)
         probe = config.probe_steps if body_lr > 0 else config.steps
         _fit_head_on_features(net.head, feats, support_y, probe, config.lr)
         if body_lr == 0:
@@ -177,7 +202,10 @@ def finetune(
         if i >= config.frozen_blocks:
             trainable += list(blk.parameters())
     opt = torch.optim.Adam(
-        [{"params": net.head.parameters(), "lr": config.lr}, {"params": trainable, "lr": body_lr}]
+        [
+            {"params": net.head.parameters(), "lr": config.lr},
+            {"params": trainable, "lr": body_lr},
+        ],
     )
     for _ in range(config.steps):
         loss = F.cross_entropy(net(support_x), support_y)

@@ -94,12 +94,15 @@ def functional_mlp(
     sizes = tuple(sizes)
     if x.dim() != 3 or x.shape[0] != flat.shape[0] or x.shape[2] != sizes[0]:
         raise ValueError(
-            f"x must be (B, n, {sizes[0]}) with B = {flat.shape[0]} functions, got {tuple(x.shape)}"
+            f"x must be (B, n, {sizes[0]}) with B = {flat.shape[0]} "
+            f"functions, got {tuple(x.shape)}",
         )
     h, n_layers = x, len(sizes) - 1
     for i in range(n_layers):
-        w, b = params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]  # (B, out, in), (B, out)
-        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # h W^T + b, per function
+        # weights (B, out, in) and biases (B, out), one per function
+        w, b = params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]
+        # h W^T + b, per function
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         if i < n_layers - 1:
             h = activation(h)
     return h
@@ -149,54 +152,74 @@ class HyperNetwork(nn.Module):
         self.sizes = _check_sizes(sizes)
         if hidden < 1 or layers < 1 or heads < 1 or hidden % heads:
             raise ValueError(
-                f"need hidden >= 1, layers >= 1 and heads dividing hidden; got hidden={hidden}, "
-                f"layers={layers}, heads={heads}"
+                f"need hidden >= 1, layers >= 1 and heads dividing hidden; "
+                f"got hidden={hidden}, layers={layers}, heads={heads}",
             )
         if not init_scale >= 0:
-            raise ValueError(f"init_scale must be 0 or more, got {init_scale}")
+            raise ValueError(
+                f"init_scale must be 0 or more, got {init_scale}",
+            )
         # layer a -> b holds b * a weights and b biases, all with fan-in a
         layer_pairs = zip(self.sizes[:-1], self.sizes[1:], strict=True)
-        fan_in = torch.cat([torch.full((b * a + b,), float(a)) for a, b in layer_pairs])
+        fans = [torch.full((b * a + b,), float(a)) for a, b in layer_pairs]
+        fan_in = torch.cat(fans)
         self.register_buffer("scale", fan_in.rsqrt())  # s: (P,)
         # nn.Linear's default: weights and biases uniform in ±1/sqrt(fan_in)
         u = torch.rand(len(fan_in), generator=generator) * 2 - 1
         self.base = nn.Parameter(u * self.scale)
         self.embed = nn.Linear(self.sizes[0] + self.sizes[-1], hidden)
         layer = nn.TransformerEncoderLayer(
-            hidden, heads, dim_feedforward=2 * hidden, dropout=0.0, batch_first=True
+            hidden,
+            heads,
+            dim_feedforward=2 * hidden,
+            dropout=0.0,
+            batch_first=True,
         )
-        # no nested tensors: they only pay off with padding masks, and warn without one
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        # no nested tensors: they only pay off with padding masks, and warn
+        # without one
+        self.encoder = nn.TransformerEncoder(
+            layer,
+            layers,
+            enable_nested_tensor=False,
+        )
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, len(fan_in))
         with torch.no_grad():
             bound = init_scale / math.sqrt(hidden)
-            u = torch.rand(self.head.weight.shape, generator=generator) * 2 - 1
+            u = torch.rand(self.head.weight.shape, generator=generator)
+            u = u * 2 - 1
             self.head.weight.copy_(u * bound)
             self.head.bias.zero_()
 
     def _check_points(self, x: torch.Tensor, y: torch.Tensor) -> None:
         d_in, d_out = self.sizes[0], self.sizes[-1]
-        if x.dim() != 3 or y.dim() != 3 or x.shape[2] != d_in or y.shape[2] != d_out:
+        both_3d = x.dim() == 3 and y.dim() == 3
+        if not both_3d or x.shape[2] != d_in or y.shape[2] != d_out:
             raise ValueError(
-                f"points must be x (B, K, {d_in}) and y (B, K, {d_out}), got {tuple(x.shape)} "
-                f"and {tuple(y.shape)}"
+                f"points must be x (B, K, {d_in}) and y (B, K, {d_out}), "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}",
             )
         if x.shape[:2] != y.shape[:2] or x.shape[1] < 1:
             raise ValueError(
-                f"x and y must hold the same K >= 1 points of the same B functions, got "
-                f"{tuple(x.shape)} and {tuple(y.shape)}"
+                f"x and y must hold the same K >= 1 points of the same B "
+                f"functions, got {tuple(x.shape)} and {tuple(y.shape)}",
             )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predicted flat weights ``(B, P)`` from K points per function, x ``(B, K, d_in)`` and
         y ``(B, K, d_out)``."""
         self._check_points(x, y)
-        tokens = self.encoder(self.embed(torch.cat([x, y], dim=-1)))  # (B, K, hidden)
+        # one token per point: (B, K, hidden)
+        tokens = self.encoder(self.embed(torch.cat([x, y], dim=-1)))
         z = self.norm(tokens.mean(dim=1))  # (B, hidden): the set's summary
         return self.base + self.scale * self.head(z)
 
-    def predict(self, x: torch.Tensor, y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        query_x: torch.Tensor,
+    ) -> torch.Tensor:
         """The predicted MLPs' outputs ``(B, Q, d_out)`` at ``query_x`` ``(B, Q, d_in)``."""
         return functional_mlp(self(x, y), query_x, self.sizes)
 
@@ -248,11 +271,17 @@ def fit_hypernet(
     """
     lo, hi = k_range
     if not 1 <= lo <= hi:
-        raise ValueError(f"k_range must be (low, high) with 1 <= low <= high, got {k_range}")
+        raise ValueError(
+            "k_range must be (low, high) with 1 <= low <= high, "
+            f"got {k_range}"
+        )  # fmt: skip
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    gen = torch.Generator().manual_seed(0) if generator is None else generator
-    # the fused kernel updates all P-sized tensors in one pass: about 2x faster on a CPU here
+    gen = generator
+    if gen is None:
+        gen = torch.Generator().manual_seed(0)
+    # the fused kernel updates all P-sized tensors in one pass: about 2x
+    # faster on a CPU here
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 

@@ -47,8 +47,13 @@ def preprocess_gradients(grad: Tensor, p: float = 10.0) -> Tensor:
         raise ValueError(f"p must be positive (the paper uses 10), got {p}")
     cut = math.exp(-p)
     big = grad.abs() >= cut
-    # The clamp keeps log finite (and its gradient NaN-free) on the branch torch.where discards.
-    log_part = torch.where(big, grad.abs().clamp(min=cut).log() / p, -torch.ones_like(grad))
+    # The clamp keeps log finite (and its gradient NaN-free) on the branch
+    # torch.where discards.
+    log_part = torch.where(
+        big,
+        grad.abs().clamp(min=cut).log() / p,
+        -torch.ones_like(grad),
+    )
     sign_part = torch.where(big, torch.sign(grad), grad * math.exp(p))
     return torch.stack([log_part, sign_part], dim=-1)
 
@@ -85,16 +90,20 @@ class LSTMOptimizer(nn.Module):
         super().__init__()
         if hidden_size < 1 or num_layers < 1:
             raise ValueError(
-                f"hidden_size and num_layers must be at least 1, got {hidden_size}, {num_layers}"
-            )
+                "hidden_size and num_layers must be at least 1, "
+                f"got {hidden_size}, {num_layers}"
+            )  # fmt: skip
         if p <= 0:
-            raise ValueError(f"p must be positive (the paper uses 10), got {p}")
-        self.hidden_size, self.preprocess, self.p = hidden_size, preprocess, p
+            raise ValueError(
+                f"p must be positive (the paper uses 10), got {p}",
+            )
+        self.hidden_size = hidden_size
+        self.preprocess = preprocess
+        self.p = p
         self.output_scale = output_scale
         sizes = [2 if preprocess else 1] + [hidden_size] * num_layers
-        self.cells = nn.ModuleList(
-            nn.LSTMCell(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
-        )
+        pairs = zip(sizes[:-1], sizes[1:], strict=True)
+        self.cells = nn.ModuleList(nn.LSTMCell(a, b) for a, b in pairs)
         self.head = nn.Linear(hidden_size, 1)
 
     def initial_state(self, n_coords: int, like: Tensor) -> State:
@@ -102,7 +111,12 @@ class LSTMOptimizer(nn.Module):
         if n_coords < 1:
             raise ValueError(f"n_coords must be at least 1, got {n_coords}")
         dtype = self.head.weight.dtype
-        zeros = torch.zeros(n_coords, self.hidden_size, device=like.device, dtype=dtype)
+        zeros = torch.zeros(
+            n_coords,
+            self.hidden_size,
+            device=like.device,
+            dtype=dtype,
+        )
         return [(zeros, zeros) for _ in self.cells]
 
     def forward(self, grad: Tensor, state: State) -> tuple[Tensor, State]:
@@ -118,15 +132,21 @@ class LSTMOptimizer(nn.Module):
         """
         if grad.dim() != 1:
             raise ValueError(
-                f"grad must be flat (n_coords,), got shape {tuple(grad.shape)}; pass "
-                "grad.flatten() and reshape the update"
+                f"grad must be flat (n_coords,), got shape "
+                f"{tuple(grad.shape)}; pass grad.flatten() and reshape the "
+                "update",
             )
-        if len(state) != len(self.cells) or any(h.shape[0] != len(grad) for h, _ in state):
+        other_rows = (h.shape[0] != len(grad) for h, _ in state)
+        if len(state) != len(self.cells) or any(other_rows):
             raise ValueError(
-                f"state must hold (h, c) for each of the {len(self.cells)} layers with "
-                f"{len(grad)} rows; get one from initial_state(n_coords, like)"
+                f"state must hold (h, c) for each of the {len(self.cells)} "
+                f"layers with {len(grad)} rows; get one from "
+                f"initial_state(n_coords, like)",
             )
-        x = preprocess_gradients(grad, self.p) if self.preprocess else grad[:, None]  # (n, 2|1)
+        if self.preprocess:
+            x = preprocess_gradients(grad, self.p)  # (n, 2)
+        else:
+            x = grad[:, None]  # (n, 1)
         new_state = []
         for cell, (h, c) in zip(self.cells, state, strict=True):
             h, c = cell(x, (h, c))
@@ -185,21 +205,29 @@ def unroll(
         all still attached to the graph (:func:`detach_state` truncates).
     """
     if theta.dim() != 2:
-        raise ValueError(f"theta must be (B, P): B problems of P parameters, got {theta.shape}")
+        raise ValueError(
+            "theta must be (B, P): B problems of P parameters, "
+            f"got {theta.shape}"
+        )  # fmt: skip
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     n_problems, n_params = theta.shape
     if state is None:
         state = optimizer.initial_state(n_problems * n_params, theta)
-    if not theta.requires_grad:  # a fresh start: the inner gradient needs a graph from theta
+    # a fresh start: the inner gradient needs a graph from theta
+    if not theta.requires_grad:
         theta = theta.detach().requires_grad_(True)
     meta_loss = theta.new_zeros(())
     loss = _losses(loss_fn, theta, start)
     for t in range(steps):
-        # retain_graph: loss (for t >= 1) is also a term of the meta-loss, still to be
-        # differentiated; create_graph only when second derivatives are wanted.
+        # retain_graph: loss (for t >= 1) is also a term of the meta-loss,
+        # still to be differentiated; create_graph only when second
+        # derivatives are wanted.
         (grad,) = torch.autograd.grad(
-            loss.sum(), theta, retain_graph=True, create_graph=second_order
+            loss.sum(),
+            theta,
+            retain_graph=True,
+            create_graph=second_order,
         )
         update, state = optimizer(grad.flatten(), state)
         theta = theta + update.view(n_problems, n_params)
@@ -244,8 +272,9 @@ def meta_train(
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if truncation < 1 or horizon % truncation:
         raise ValueError(
-            f"truncation ({truncation}) must be a positive divisor of horizon ({horizon})"
-        )
+            f"truncation ({truncation}) must be "
+            f"a positive divisor of horizon ({horizon})"
+        )  # fmt: skip
     segments = horizon // truncation
     adam = torch.optim.Adam(optimizer.parameters(), lr=lr)
     run: dict[str, object] = {}
@@ -257,7 +286,12 @@ def meta_train(
             run.update(problems=problems, theta=problems.theta0, state=None)
         problems = run["problems"]
         meta_loss, theta, state = unroll(
-            optimizer, problems.loss, run["theta"], truncation, run["state"], start=k * truncation
+            optimizer,
+            problems.loss,
+            run["theta"],
+            truncation,
+            run["state"],
+            start=k * truncation,
         )
         adam.zero_grad()
         (meta_loss / truncation).backward()
@@ -266,7 +300,8 @@ def meta_train(
         metrics = {"meta_loss": meta_loss.item() / truncation}
         if k == segments - 1:
             with torch.no_grad():
-                metrics["final_loss"] = problems.loss(run["theta"], horizon).mean().item()
+                final = problems.loss(run["theta"], horizon)
+                metrics["final_loss"] = final.mean().item()
         return metrics
 
     return fit(step, iterations * segments, desc=desc)

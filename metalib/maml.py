@@ -242,8 +242,8 @@ def _task_outputs(
     Returns the outputs on the queries, ``(n_q, ...)`` (logits or predictions).
     """
     fast = adapt(
-        path.inner, params, support_x, support_y, loss_fn, config.inner_steps, config.inner_lr,
-        config.first_order,
+        path.inner, params, support_x, support_y, loss_fn,
+        config.inner_steps, config.inner_lr, config.first_order,
     )  # fmt: skip
     return _query_outputs(path, fast, query_x)
 
@@ -283,28 +283,52 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 def episode_outputs(
-    model: nn.Module, params: Params, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+    model: nn.Module,
+    params: Params,
+    episode: Episode,
+    loss_fn: LossFn,
+    config: MAMLConfig,
 ) -> torch.Tensor:
     """Query outputs ``(T, n_q, ...)`` of every task of ``episode``, each adapted on its own
     support set (:func:`_task_outputs`, per task, under ``vmap`` or in chunks; the same values)."""
     _check_params(params)
     path, e = _path(model, config, episode), episode
     if path.vectorise:
-        return vmap(lambda sx, sy, qx: _task_outputs(path, params, sx, sy, qx, loss_fn, config))(
-            e.support_x, e.support_y, e.query_x
-        )
+
+        def one_task(sx, sy, qx):
+            return _task_outputs(path, params, sx, sy, qx, loss_fn, config)
+
+        return vmap(one_task)(e.support_x, e.support_y, e.query_x)
     if path.chunk:
         outputs = []
         for part in _chunks(len(e), path.chunk):
-            fast = _adapt_tasks(path, params, e.support_x[part], e.support_y[part], loss_fn, config)
+            fast = _adapt_tasks(
+                path,
+                params,
+                e.support_x[part],
+                e.support_y[part],
+                loss_fn,
+                config,
+            )
             for i, qx in enumerate(e.query_x[part]):
-                outputs.append(_query_outputs(path, {k: v[i] for k, v in fast.items()}, qx))
+                outputs.append(
+                    _query_outputs(
+                        path,
+                        {k: v[i] for k, v in fast.items()},
+                        qx,
+                    ),
+                )
         return torch.stack(outputs)
     return torch.stack(
         [
             _task_outputs(path, params, sx, sy, qx, loss_fn, config)
-            for sx, sy, qx in zip(e.support_x, e.support_y, e.query_x, strict=True)
-        ]
+            for sx, sy, qx in zip(
+                e.support_x,
+                e.support_y,
+                e.query_x,
+                strict=True,
+            )
+        ],
     )
 
 
@@ -348,16 +372,20 @@ def meta_gradient(
     if missing:
         raise ValueError(
             f"params {missing[:3]} do not require gradients; pass "
-            "{k: v.detach().requires_grad_() ...} or the model's own parameters"
+            "{k: v.detach().requires_grad_() ...} or the model's own "
+            "parameters",
         )
     wrt = {**params, **(also or {})}
     if len(wrt) != len(params) + len(also or {}):
-        raise ValueError("the names in `also` must differ from those of `params`")
+        raise ValueError(
+            "the names in `also` must differ from those of `params`",
+        )
     leaves, e, n = list(wrt.values()), episode, len(episode)
     path = _path(model, config, e)
 
     def loss(sx, sy, qx, qy) -> torch.Tensor:
-        return loss_fn(_task_outputs(path, params, sx, sy, qx, loss_fn, config), qy)
+        outputs = _task_outputs(path, params, sx, sy, qx, loss_fn, config)
+        return loss_fn(outputs, qy)
 
     tasks = (e.support_x, e.support_y, e.query_x, e.query_y)
     if path.vectorise:
@@ -366,29 +394,54 @@ def meta_gradient(
     elif path.chunk:
         grads, losses = [None] * len(leaves), []
         for part in _chunks(n, path.chunk):
-            fast = _adapt_tasks(path, params, e.support_x[part], e.support_y[part], loss_fn, config)
-            outer = [[] for _ in fast]  # ∂L_i/∂(fast weights of task i), task by task
-            for i, (qx, qy) in enumerate(zip(e.query_x[part], e.query_y[part], strict=True)):
-                mine = {k: v[i].detach().requires_grad_() for k, v in fast.items()}
+            fast = _adapt_tasks(
+                path,
+                params,
+                e.support_x[part],
+                e.support_y[part],
+                loss_fn,
+                config,
+            )
+            # ∂L_i/∂(fast weights of task i), task by task
+            outer = [[] for _ in fast]
+            queries = zip(e.query_x[part], e.query_y[part], strict=True)
+            for i, (qx, qy) in enumerate(queries):
+                mine = {k: v[i].detach() for k, v in fast.items()}
+                for v in mine.values():
+                    v.requires_grad_()
                 task_loss = loss_fn(_query_outputs(path, mine, qx), qy)
                 g = torch.autograd.grad(
-                    task_loss / n, list(mine.values()), allow_unused=True, materialize_grads=True
+                    task_loss / n,
+                    list(mine.values()),
+                    allow_unused=True,
+                    materialize_grads=True,
                 )
                 for seeds, gi in zip(outer, g, strict=True):
                     seeds.append(gi)
                 losses.append(task_loss.detach())
             seeds = [torch.stack(s) for s in outer]
-            new = torch.autograd.grad(list(fast.values()), leaves, seeds, allow_unused=True)
+            new = torch.autograd.grad(
+                list(fast.values()),
+                leaves,
+                seeds,
+                allow_unused=True,
+            )
             grads = _add(grads, new)
         losses = torch.stack(losses)
     else:  # one task's graph at a time
         grads, losses = [None] * len(leaves), []
         for task in zip(*tasks, strict=True):
             task_loss = loss(*task)
-            grads = _add(grads, torch.autograd.grad(task_loss / n, leaves, allow_unused=True))
+            new = torch.autograd.grad(
+                task_loss / n,
+                leaves,
+                allow_unused=True,
+            )
+            grads = _add(grads, new)
             losses.append(task_loss.detach())
         losses = torch.stack(losses)
-    grads = [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads, strict=True)]
+    pairs = zip(leaves, grads, strict=True)
+    grads = [torch.zeros_like(v) if g is None else g for v, g in pairs]
     return dict(zip(wrt, grads, strict=True)), losses.detach()
 
 
@@ -514,7 +567,10 @@ def build(config: Config, data: ImageClasses) -> Conv4:
 
 
 def train(
-    config: Config, data: ImageClasses, generator: torch.Generator, device: torch.device
+    config: Config,
+    data: ImageClasses,
+    generator: torch.Generator,
+    device: torch.device,
 ) -> Run:
     """Meta-train :func:`build`'s network with :func:`meta_step` on tasks drawn from ``data``."""
     net = build(config, data).to(device)
@@ -522,11 +578,27 @@ def train(
 
     def step(_: int) -> dict[str, float]:
         ep = sample_episodes(
-            data, config.n_way, config.shots, config.queries, config.tasks, generator
+            data,
+            config.n_way,
+            config.shots,
+            config.queries,
+            config.tasks,
+            generator,
         )
-        return meta_step(net, opt, ep.to(device), F.cross_entropy, config.inner)
+        return meta_step(
+            net,
+            opt,
+            ep.to(device),
+            F.cross_entropy,
+            config.inner,
+        )
 
-    step, snapshots = with_snapshots(step, net, config.steps, config.snapshots)
+    step, snapshots = with_snapshots(
+        step,
+        net,
+        config.steps,
+        config.snapshots,
+    )
     desc = "first-order MAML" if config.inner.first_order else "MAML"
     return Run(net, fit(step, config.steps, desc=desc), snapshots)
 

@@ -49,14 +49,15 @@ def inner_update(params: Params, grads: Params, lrs: Params) -> Params:
     """
     if set(grads) != set(params):
         raise ValueError(
-            f"grads must have exactly the names of params ({sorted(params)[:3]}...), got "
-            f"{sorted(grads)[:3]}"
+            f"grads must have exactly the names of params "
+            f"({sorted(params)[:3]}...), got {sorted(grads)[:3]}",
         )
     for k, g in grads.items():
         if g.shape != params[k].shape:
             raise ValueError(
-                f"grads[{k!r}] has shape {tuple(g.shape)}; expected {tuple(params[k].shape)}"
-            )
+                f"grads[{k!r}] has shape {tuple(g.shape)}; "
+                f"expected {tuple(params[k].shape)}"
+            )  # fmt: skip
     check_step_sizes(params, lrs)
     return {k: params[k] - lrs[k] * grads[k] for k in params}
 
@@ -124,7 +125,10 @@ class MetaSGD(nn.Module):
 
 
 def meta_gradient(
-    model: MetaSGD, episode: Episode, loss_fn: LossFn, config: MAMLConfig
+    model: MetaSGD,
+    episode: Episode,
+    loss_fn: LossFn,
+    config: MAMLConfig,
 ) -> tuple[Params, Params, torch.Tensor]:
     """Gradients of the mean adapted query loss with respect to θ and to the step sizes α.
 
@@ -146,8 +150,19 @@ def meta_gradient(
     theta, lrs = model.weights(), model.step_sizes()
     config = dataclasses.replace(config, inner_lr=lrs)
     also = {f"step size of {k}": a for k, a in lrs.items()}
-    grads, losses = maml.meta_gradient(model.net, theta, episode, loss_fn, config, also)
-    return {k: grads[k] for k in theta}, {k: grads[f"step size of {k}"] for k in theta}, losses
+    grads, losses = maml.meta_gradient(
+        model.net,
+        theta,
+        episode,
+        loss_fn,
+        config,
+        also,
+    )
+    return (
+        {k: grads[k] for k in theta},
+        {k: grads[f"step size of {k}"] for k in theta},
+        losses,
+    )
 
 
 def meta_step(

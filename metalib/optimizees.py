@@ -46,7 +46,10 @@ class Quadratics:
     def loss(self, theta: Tensor, t: int = 0) -> Tensor:
         """``(B, D)`` parameters -> ``(B,)`` losses (``t`` is ignored: the loss is fixed)."""
         if theta.shape != self.theta0.shape:
-            raise ValueError(f"theta must be {tuple(self.theta0.shape)}, got {tuple(theta.shape)}")
+            raise ValueError(
+                f"theta must be {tuple(self.theta0.shape)}, "
+                f"got {tuple(theta.shape)}"
+            )  # fmt: skip
         residual = torch.einsum("bij,bj->bi", self.W, theta) - self.y  # (B, D)
         return residual.pow(2).sum(-1)
 
@@ -114,13 +117,18 @@ class MLPProblems:
         """Mean cross-entropy of each problem on its minibatch of step ``t``: ``(B,)``."""
         if not 0 <= t < len(self.batches):
             raise ValueError(
-                f"step {t} has no minibatch: these problems were drawn with batches for steps "
-                f"0..{len(self.batches) - 1}; draw them with a longer horizon"
+                f"step {t} has no minibatch: these problems were drawn with "
+                f"batches for steps 0..{len(self.batches) - 1}; draw them with "
+                f"a longer horizon",
             )
         rows = torch.arange(len(self.x), device=self.x.device)[:, None]
         idx = self.batches[t]  # (B, S)
         out = self.logits(theta, self.x[rows, idx])  # (B, S, C)
-        ce = F.cross_entropy(out.flatten(0, 1), self.y[rows, idx].flatten(), reduction="none")
+        ce = F.cross_entropy(
+            out.flatten(0, 1),
+            self.y[rows, idx].flatten(),
+            reduction="none",
+        )
         return ce.view(idx.shape).mean(1)
 
     def accuracy(self, theta: Tensor) -> Tensor:
@@ -241,9 +249,12 @@ def tune_lr(
         scores.
     """
     if len(lrs) == 0:
-        raise ValueError("lrs is empty; give the grid of learning rates to try")
+        raise ValueError(
+            "lrs is empty; give the grid of learning rates to try",
+        )
     scores = torch.empty(len(lrs), dtype=torch.float64)
     for i, lr in enumerate(lrs):
-        score = torch_curve(optim_class, lr, loss_fn, theta0, steps)[1:].double().mean().item()
+        curve = torch_curve(optim_class, lr, loss_fn, theta0, steps)
+        score = curve[1:].double().mean().item()
         scores[i] = score if math.isfinite(score) else math.inf
     return float(lrs[int(scores.argmin())]), scores

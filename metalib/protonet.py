@@ -45,7 +45,11 @@ from metalib.trained import Run, with_snapshots
 METRICS = ("euclidean", "cosine")
 
 
-def prototypes(support_features: torch.Tensor, support_y: torch.Tensor, n_way: int) -> torch.Tensor:
+def prototypes(
+    support_features: torch.Tensor,
+    support_y: torch.Tensor,
+    n_way: int,
+) -> torch.Tensor:
     """The mean embedding of each class's support examples (Snell et al., 2017, eq. 1).
 
     Args:
@@ -57,13 +61,15 @@ def prototypes(support_features: torch.Tensor, support_y: torch.Tensor, n_way: i
         ``(T, N, D)`` prototypes; ``[t, n]`` is the mean of task t's class-n embeddings.
     """
     check_labelled(support_features, support_y, n_way)
-    one_hot = F.one_hot(support_y, n_way).to(support_features.dtype)  # (T, N*K, N)
+    # one_hot (T, N*K, N)
+    one_hot = F.one_hot(support_y, n_way).to(support_features.dtype)
     counts = one_hot.sum(dim=1)  # (T, N)
     if (counts == 0).any():
         t, n = (counts == 0).nonzero()[0].tolist()
         raise ValueError(
-            f"class {n} of task {t} has no support example; every class needs at least one shot"
-        )
+            f"class {n} of task {t} has no support example; "
+            "every class needs at least one shot"
+        )  # fmt: skip
     sums = one_hot.transpose(1, 2) @ support_features  # (T, N, D)
     return sums / counts.unsqueeze(-1)
 
@@ -88,22 +94,30 @@ def logits(
         ``(T, P, N)`` logits: ``softmax`` over the last axis is p(y = n | x).
     """
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+        raise ValueError(
+            f"unknown metric {metric!r}; choose one of {METRICS}",
+        )
     if query_features.dim() != 3 or protos.dim() != 3:
         raise ValueError(
-            f"query_features (T, P, D) and protos (T, N, D) must be 3-D, got "
-            f"{tuple(query_features.shape)} and {tuple(protos.shape)}"
+            f"query_features (T, P, D) and protos (T, N, D) must be 3-D, "
+            f"got {tuple(query_features.shape)} and {tuple(protos.shape)}",
         )
-    if query_features.shape[0] != protos.shape[0] or query_features.shape[2] != protos.shape[2]:
+    q_shape, p_shape = query_features.shape, protos.shape
+    if q_shape[0] != p_shape[0] or q_shape[2] != p_shape[2]:
         raise ValueError(
-            f"query_features {tuple(query_features.shape)} and protos {tuple(protos.shape)} "
-            "must agree on the number of tasks T and the embedding size D"
+            f"query_features {tuple(query_features.shape)} and protos "
+            f"{tuple(protos.shape)} must agree on the number of tasks T and "
+            "the embedding size D",
         )
     if metric == "euclidean":
-        # ||q||^2 - 2 q.c + ||c||^2 computed directly (cdist's matmul shortcut is less exact)
-        scores = -(query_features.unsqueeze(2) - protos.unsqueeze(1)).square().sum(-1)
+        # ||q||^2 - 2 q.c + ||c||^2 computed directly
+        # (cdist's matmul shortcut is less exact)
+        diff = query_features.unsqueeze(2) - protos.unsqueeze(1)
+        scores = -diff.square().sum(-1)
     else:
-        scores = F.normalize(query_features, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
+        q = F.normalize(query_features, dim=-1)
+        c = F.normalize(protos, dim=-1)
+        scores = q @ c.transpose(1, 2)
     return temperature * scores
 
 
@@ -148,11 +162,20 @@ class ProtoNet(nn.Module):
         return self.log_temperature.exp()
 
     def forward(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        n_way: int,
     ) -> torch.Tensor:
         """Logits ``(T, P, N)`` of the queries ``(T, P, C, H, W)`` given the support set."""
         sf, qf = embed_tasks(self.encoder, support_x, query_x)
-        return logits(qf, prototypes(sf, support_y, n_way), self.metric, self.temperature)
+        return logits(
+            qf,
+            prototypes(sf, support_y, n_way),
+            self.metric,
+            self.temperature,
+        )
 
 
 def pixel_nearest_neighbour(episode: Episode) -> torch.Tensor:
@@ -199,12 +222,19 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; choose one of {METRICS}")
+            raise ValueError(
+                f"unknown metric {self.metric!r}; choose one of {METRICS}",
+            )
         for name in ("hidden", "train_way", "queries", "steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be at least 1, got {getattr(self, name)}",
+                )
         if self.snapshots < 0 or not self.lr > 0:
-            raise ValueError(f"need snapshots >= 0 and lr > 0, got {self.snapshots}, {self.lr}")
+            raise ValueError(
+                "need snapshots >= 0 and lr > 0, "
+                f"got {self.snapshots}, {self.lr}"
+            )  # fmt: skip
 
     @classmethod
     def preset(cls, budget: Budget, **changes) -> Config:
@@ -224,7 +254,10 @@ def build(config: Config, data: ImageClasses) -> ProtoNet:
 
 
 def train(
-    config: Config, data: ImageClasses, generator: torch.Generator, device: torch.device
+    config: Config,
+    data: ImageClasses,
+    generator: torch.Generator,
+    device: torch.device,
 ) -> Run:
     """Meta-train :func:`build`'s network on ``config.train_way``-way 1-shot episodes of ``data``
     (with its rotations where ``config.rotations``).
@@ -239,7 +272,14 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
 
     def step(_: int) -> dict[str, float]:
-        episode = sample_episodes(data, config.train_way, 1, config.queries, 1, generator)
+        episode = sample_episodes(
+            data,
+            config.train_way,
+            1,
+            config.queries,
+            1,
+            generator,
+        )
         loss, acc = episode_loss(net, episode.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -247,12 +287,21 @@ def train(
         sched.step()
         return {"loss": loss.item(), "accuracy": acc.mean().item()}
 
-    step, snapshots = with_snapshots(step, net, config.steps, config.snapshots)
+    step, snapshots = with_snapshots(
+        step,
+        net,
+        config.steps,
+        config.snapshots,
+    )
 
     history = fit(step, config.steps, desc=f"ProtoNet ({config.metric})")
     return Run(net, history, snapshots)
 
 
-def predict(config: Config, model: ProtoNet, episode: Episode) -> torch.Tensor:
+def predict(
+    config: Config,
+    model: ProtoNet,
+    episode: Episode,
+) -> torch.Tensor:
     """Logits ``(T, N*Q, N)`` of ``episode``'s queries: one forward pass, no gradient."""
     return episode_logits(model, episode)

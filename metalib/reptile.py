@@ -26,7 +26,11 @@ from metalib.train import fit
 from metalib.trained import Run
 
 
-def update(params: maml.Params, adapted: maml.Params, outer_lr: float) -> maml.Params:
+def update(
+    params: maml.Params,
+    adapted: maml.Params,
+    outer_lr: float,
+) -> maml.Params:
     """Reptile's batched update: θ + β (1/n) Σ_i (W_i - θ).
 
     Args:
@@ -39,15 +43,16 @@ def update(params: maml.Params, adapted: maml.Params, outer_lr: float) -> maml.P
     """
     if set(params) != set(adapted):
         raise ValueError(
-            f"adapted weights {sorted(adapted)[:3]} do not match params {sorted(params)[:3]}"
-        )
+            f"adapted weights {sorted(adapted)[:3]} "
+            f"do not match params {sorted(params)[:3]}"
+        )  # fmt: skip
     out = {}
     for k, theta in params.items():
         w = adapted[k]
         if w.shape[1:] != theta.shape:
             raise ValueError(
-                f"adapted[{k!r}] has shape {tuple(w.shape)}; expected (n_tasks, "
-                f"{', '.join(map(str, theta.shape))})"
+                f"adapted[{k!r}] has shape {tuple(w.shape)}; expected "
+                f"(n_tasks, {', '.join(map(str, theta.shape))})",
             )
         out[k] = (theta + outer_lr * (w - theta).mean(dim=0)).detach()
     return out

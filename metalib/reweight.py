@@ -71,18 +71,26 @@ def weighted_step(
         θ'(weights), a new dict with the same names.
     """
     if not isinstance(params, dict) or not params:
-        raise ValueError("params must be a non-empty dict of tensors by parameter name")
+        raise ValueError(
+            "params must be a non-empty dict of tensors by parameter name",
+        )
     _check_batch(x, y)
     if weights.dim() != 1 or weights.shape[0] != y.shape[0]:
         raise ValueError(
-            f"weights must be 1-D with one weight per example, shape ({y.shape[0]},), "
-            f"got {tuple(weights.shape)}"
+            f"weights must be 1-D with one weight per example, shape "
+            f"({y.shape[0]},), got {tuple(weights.shape)}",
         )
     if not lr > 0:
-        raise ValueError(f"lr (the look-ahead step size α) must be positive, got {lr}")
+        raise ValueError(
+            f"lr (the look-ahead step size α) must be positive, got {lr}",
+        )
 
     def weighted_loss(p: Params) -> torch.Tensor:
-        losses = F.cross_entropy(forward_with(model, p, x), y, reduction="none")
+        losses = F.cross_entropy(
+            forward_with(model, p, x),
+            y,
+            reduction="none",
+        )
         return (weights * losses).sum()
 
     grads = grad(weighted_loss)(params)
@@ -112,8 +120,15 @@ def example_weights(
         gradient agrees with the validation gradient.
     """
     _check_batch(val_x, val_y, "val_x, val_y")
-    dtype = next(iter(params.values())).dtype if params else torch.get_default_dtype()
-    eps = torch.zeros(y.shape[0], dtype=dtype, device=y.device, requires_grad=True)
+    dtype = torch.get_default_dtype()
+    if params:
+        dtype = next(iter(params.values())).dtype
+    eps = torch.zeros(
+        y.shape[0],
+        dtype=dtype,
+        device=y.device,
+        requires_grad=True,
+    )
     with torch.enable_grad():
         fast = weighted_step(model, params, x, y, eps, lr)
         val_loss = F.cross_entropy(forward_with(model, fast, val_x), val_y)
@@ -159,7 +174,13 @@ def small_loss_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y, ra
 
 
 def reweighted_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x, y, val_x, val_y, lr: float
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x,
+    y,
+    val_x,
+    val_y,
+    lr: float,
 ) -> dict:
     """One training step of learning to reweight: weights from :func:`example_weights`, then
     the optimizer's step on Σ_i w_i ℓ_i(θ).
@@ -170,10 +191,22 @@ def reweighted_step(
     Returns:
         ``{"loss": weighted loss, "mean_weight": mean of w, "weights": (n,) w}``.
     """
-    w = example_weights(model, dict(model.named_parameters()), x, y, val_x, val_y, lr)
+    w = example_weights(
+        model,
+        dict(model.named_parameters()),
+        x,
+        y,
+        val_x,
+        val_y,
+        lr,
+    )
     loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum()
     _descend(optimizer, loss)
-    return {"loss": loss.item(), "mean_weight": w.mean().item(), "weights": w}
+    return {
+        "loss": loss.item(),
+        "mean_weight": w.mean().item(),
+        "weights": w,
+    }
 
 
 def flip_labels(

@@ -195,7 +195,8 @@ def sample_indices(
         within each class, the first K for support, the rest for query.
     """
     _check_sizes(n_classes, per_class, n_way, k_shot, q_queries, n_tasks)
-    # argsort of i.i.d. uniform keys is a uniform random permutation, drawn for all tasks at once
+    # argsort of i.i.d. uniform keys is a uniform random permutation,
+    # drawn for all tasks at once
     keys = torch.rand(n_tasks, n_classes, generator=generator)
     classes = keys.argsort(dim=1)[:, :n_way]  # (T, N)
     keys = torch.rand(n_tasks, n_way, per_class, generator=generator)

@@ -241,7 +241,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == labels).to(dtype).mean(dim=-1)
 
 
-def episode_loss(model: nn.Module, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+def episode_loss(
+    model: nn.Module,
+    episode: Episode,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of an episodic classifier on a batch of tasks: mean query cross-entropy.
 
     An *episodic classifier* maps a task to query logits in one call,
@@ -251,11 +254,17 @@ def episode_loss(model: nn.Module, episode: Episode) -> tuple[torch.Tensor, torc
     Returns:
         ``(loss, accuracy)``: a scalar (mean over tasks and queries) and ``(T,)`` accuracies.
     """
-    out = model(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+    out = model(
+        episode.support_x,
+        episode.support_y,
+        episode.query_x,
+        episode.n_way,
+    )
     if out.shape != (*episode.query_y.shape, episode.n_way):
         raise ValueError(
-            f"{type(model).__name__} returned logits of shape {tuple(out.shape)}; an episodic "
-            f"classifier must return (T, N*Q, N) = {(*episode.query_y.shape, episode.n_way)}"
+            f"{type(model).__name__} returned logits of shape "
+            f"{tuple(out.shape)}; an episodic classifier must return (T, "
+            f"N*Q, N) = {(*episode.query_y.shape, episode.n_way)}",
         )
     loss = F.cross_entropy(out.flatten(0, 1), episode.query_y.flatten())
     return loss, accuracy(out.detach(), episode.query_y)

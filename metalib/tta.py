@@ -37,7 +37,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     ``H(p) = -sum_c p_c log p_c`` with ``log p`` from ``log_softmax``, finite for any logits.
     """
     if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B, C), got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have shape (B, C), got {tuple(logits.shape)}",
+        )
     log_p = logits.log_softmax(dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1)
 
@@ -90,8 +92,9 @@ def configure_tent(model: nn.Module) -> nn.Module:
     affine = bn_affine_parameters(model)
     if not affine:
         raise ValueError(
-            f"{type(model).__name__} has no batch norm layer with affine parameters; TENT "
-            "adapts those only (build Conv4 with norm='running' or norm='batch')"
+            f"{type(model).__name__} has no batch norm layer with affine "
+            f"parameters; TENT adapts those only (build Conv4 with "
+            "norm='running' or norm='batch')",
         )
     use_batch_statistics(model)
     model.requires_grad_(False)
@@ -100,7 +103,11 @@ def configure_tent(model: nn.Module) -> nn.Module:
     return model
 
 
-def tent_step(model: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+def tent_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+) -> torch.Tensor:
     """One TENT update on the test batch ``x``; returns the logits ``(B, C)`` of that forward pass.
 
     ``loss = entropy(model(x)).mean()``, one optimizer step. The returned predictions are those
@@ -151,11 +158,18 @@ class Tent(_Adapter):
     """
 
     def __init__(
-        self, model: nn.Module, lr: float = 1e-3, steps: int = 1, episodic: bool = False
+        self,
+        model: nn.Module,
+        lr: float = 1e-3,
+        steps: int = 1,
+        episodic: bool = False,
     ) -> None:
         model = configure_tent(copy.deepcopy(model))
         super().__init__(
-            model, torch.optim.Adam(bn_affine_parameters(model), lr=lr), steps, episodic
+            model,
+            torch.optim.Adam(bn_affine_parameters(model), lr=lr),
+            steps,
+            episodic,
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,13 +195,20 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``k * 90`` degrees counter-clockwise, with label ``k``.
     """
     if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"rotate_batch needs square images (B, C, H, H), got {tuple(x.shape)}")
+        raise ValueError(
+            "rotate_batch needs square images (B, C, H, H), "
+            f"got {tuple(x.shape)}"
+        )  # fmt: skip
     rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
     labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
     return rotated, labels
 
 
-def rotation_loss(encoder: nn.Module, rotation_head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def rotation_loss(
+    encoder: nn.Module,
+    rotation_head: nn.Module,
+    x: torch.Tensor,
+) -> torch.Tensor:
     """Cross-entropy of predicting the rotation of every image of ``x`` in its four rotations."""
     rotated, labels = rotate_batch(x)
     return F.cross_entropy(rotation_head(encoder(rotated)), labels)
@@ -212,7 +233,10 @@ class TTTNet(nn.Module):
         ``Linear(feature_dim, 4)``. ``net`` itself is not modified.
         """
         if not 1 <= shared_blocks <= 4:
-            raise ValueError(f"shared_blocks must be 1 to 4 (Conv4 has 4), got {shared_blocks}")
+            raise ValueError(
+                "shared_blocks must be 1 to 4 (Conv4 has 4), "
+                f"got {shared_blocks}"
+            )  # fmt: skip
         net = copy.deepcopy(net)
         like = {"dtype": net.head.weight.dtype, "device": net.head.weight.device}
         rest = list(net.body[shared_blocks:])  # the remaining blocks and Flatten
@@ -252,12 +276,17 @@ def ttt_train_step(
     """
     if rotation_images is not None and not 1 <= rotation_images <= len(x):
         raise ValueError(
-            f"rotation_images must be 1 to {len(x)} (the batch), got {rotation_images}"
-        )
+            f"rotation_images must be 1 to {len(x)} (the batch), "
+            f"got {rotation_images}"
+        )  # fmt: skip
     model.train()
     logits = model(x)
     class_loss = F.cross_entropy(logits, y)
-    rot_loss = rotation_loss(model.encoder, model.rotation_head, x[:rotation_images])
+    rot_loss = rotation_loss(
+        model.encoder,
+        model.rotation_head,
+        x[:rotation_images],
+    )
     optimizer.zero_grad(set_to_none=True)
     (class_loss + rot_loss).backward()
     optimizer.step()
@@ -310,7 +339,11 @@ class TTT(_Adapter):
         """Adapt the encoder on the test batch ``x`` and return its class logits ``(B, C)``."""
         for _ in range(self.steps):
             some = x[: self.rotation_images]
-            loss = rotation_loss(self.model.encoder, self.model.rotation_head, some)
+            loss = rotation_loss(
+                self.model.encoder,
+                self.model.rotation_head,
+                some,
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -342,12 +375,20 @@ def batch_errors(
     """
     if batch_size < 1 or len(images) != len(labels) or len(images) == 0:
         raise ValueError(
-            f"need batch_size >= 1 and as many labels as images (> 0); got batch_size="
-            f"{batch_size}, {len(images)} images and {len(labels)} labels"
+            f"need batch_size >= 1 and as many labels as images (> 0); got "
+            f"batch_size={batch_size}, {len(images)} images and "
+            f"{len(labels)} labels",
         )
     out = []
-    for start in progress(range(0, len(images), batch_size), desc=desc, leave=False):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+    for start in progress(
+        range(0, len(images), batch_size),
+        desc=desc,
+        leave=False,
+    ):
+        x, y = (
+            images[start : start + batch_size],
+            labels[start : start + batch_size],
+        )
         out.append((predict(x).argmax(-1) != y).double().mean())
     return torch.stack(out).cpu()
 

@@ -96,7 +96,10 @@ class WeightPredictor(nn.Module):
         return sf, qf
 
     def predict_weights(
-        self, support_features: torch.Tensor, support_y: torch.Tensor, n_way: int
+        self,
+        support_features: torch.Tensor,
+        support_y: torch.Tensor,
+        n_way: int,
     ) -> torch.Tensor:
         """Unit-length classifier weights w_n / ||w_n|| with w_n = φ(ā_n), one per class.
 
@@ -109,16 +112,22 @@ class WeightPredictor(nn.Module):
             ``(T, N, D)``; row n depends on class n's support only. At the identity
             initialisation it is the normalised mean of the normalised activations.
         """
-        if support_features.dim() != 3 or support_features.shape[-1] != self.feature_dim:
+        shape = support_features.shape
+        if len(shape) != 3 or shape[-1] != self.feature_dim:
             raise ValueError(
                 f"support_features must be (T, N*K, {self.feature_dim}), got "
-                f"{tuple(support_features.shape)}"
+                f"{tuple(support_features.shape)}",
             )
-        mean = prototypes(F.normalize(support_features, dim=-1), support_y, n_way)  # ā (T, N, D)
+        normed = F.normalize(support_features, dim=-1)
+        mean = prototypes(normed, support_y, n_way)  # ā (T, N, D)
         return F.normalize(self.phi(mean), dim=-1)
 
     def forward(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        n_way: int,
     ) -> torch.Tensor:
         """Logits ``(T, P, N)`` of the queries ``(T, P, C, H, W)`` given the support set."""
         sf, qf = self.activations(support_x, query_x)

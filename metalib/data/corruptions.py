@@ -92,7 +92,10 @@ _APPLY = {
 
 
 def corrupt(
-    images: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Apply one corruption at one severity to a batch of images.
 
@@ -116,18 +119,29 @@ def corrupt(
         1.0
     """
     if name not in _APPLY:
-        raise ValueError(f"unknown corruption {name!r}; choose one of {CORRUPTIONS}")
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an int from 1 to 5, got {severity!r}")
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise ValueError(
-            "images must be a floating-point tensor in [0, 1] (convert uint8 with x / 255)"
+            f"unknown corruption {name!r}; choose one of {CORRUPTIONS}",
         )
+    is_int = isinstance(severity, int) and not isinstance(severity, bool)
+    if not is_int or not 1 <= severity <= 5:
+        raise ValueError(
+            f"severity must be an int from 1 to 5, got {severity!r}",
+        )
+    is_tensor = isinstance(images, torch.Tensor)
+    if not is_tensor or not images.is_floating_point():
+        raise ValueError(
+            "images must be a floating-point tensor in [0, 1] "
+            "(convert uint8 with x / 255)"
+        )  # fmt: skip
     if images.dim() < 2:
-        raise ValueError(f"images need at least the (H, W) axes, got shape {tuple(images.shape)}")
+        raise ValueError(
+            "images need at least the (H, W) axes, "
+            f"got shape {tuple(images.shape)}"
+        )  # fmt: skip
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(
-            f"images must lie in [0, 1], got values from {images.min().item():.3g} to "
-            f"{images.max().item():.3g}; rescale them first"
+            f"images must lie in [0, 1], got values from "
+            f"{images.min().item():.3g} to {images.max().item():.3g}; "
+            f"rescale them first",
         )
     return _APPLY[name](images, severity, generator)
