@@ -46,7 +46,7 @@ book: $(STAMP)  ## Execute the chapters and build the HTML book into _build/html
 	  $(if $(REPOSITORY),--config _build/_config.launch.yml) . 2>&1 | tee _build/book.log; \
 	  exit $${PIPESTATUS[0]}
 
-check-book: $(STAMP)  ## Open every book page in headless Chromium: math, widgets, images, links, errors
+check-book: $(STAMP)  ## Open every book page in headless Chromium: math, widgets, images, links, errors, code and figure widths
 	$(BIN)/python tools/check_book.py
 
 # Processes `make test` runs the tests in (pytest-xdist): a 2-core machine keeps both cores busy

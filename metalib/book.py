@@ -10,9 +10,10 @@ same.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["glue"]
+__all__ = ["glue", "table"]
 
 try:  # the book's build, and any environment with the book's tools
     from myst_nb import glue as _myst_glue
@@ -36,3 +37,34 @@ def glue(name: str, variable: Any, display: bool = True) -> None:
         from IPython.display import display as show
 
         show(variable)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]):
+    """A Markdown table to display under a cell: the first column left-aligned, the rest right.
+
+    Args:
+        header: the column titles.
+        rows: one sequence per row, as long as ``header``; cells are shown with ``str``, so
+            format numbers first (``f"{x:.2f}"``, ``score.as_percent()``).
+    Returns:
+        An ``IPython.display.Markdown`` object; the last expression of a cell shows it.
+
+    Example:
+        >>> table(["method", "accuracy"], [["MAML", "85.4%"]]).data.splitlines()[1]
+        '| --- | ---: |'
+    """
+    from IPython.display import Markdown
+
+    header = [str(h) for h in header]
+    if not header:
+        raise ValueError("a table needs at least one column title")
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+    ]
+    for i, row in enumerate(rows):
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(f"row {i} has {len(cells)} cells for {len(header)} columns: {cells}")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return Markdown("\n".join(lines))

@@ -15,12 +15,20 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from metalib.tasks import Episode
 from metalib.train import History, Score
 
-# One look for every figure of the book: no box around the plot, text sizes that stay legible
-# when a two-panel figure is shrunk to the page's width, legends without frames.
+# The width of the book's figures in inches, at their 100 dpi: the book saves figures with a
+# 0.1-inch margin, so 6.6 inches make a 680-px image, shown at its natural size in the 684-px
+# column of a 1280-px window; 9-10 pt text then reads at 12-14 px. Wider figures are shrunk to
+# fit the column: stack their panels instead.
+COLUMN = 6.6
+
+# One look for every figure of the book: no box around the plot, light grid lines, legends
+# without frames.
 BOOK_STYLE = {
     "figure.dpi": 100,
     "font.size": 10,
@@ -33,6 +41,8 @@ BOOK_STYLE = {
     "xtick.labelsize": 9,
     "ytick.labelsize": 9,
     "lines.linewidth": 1.6,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
 }
 
 
@@ -58,7 +68,8 @@ def image_grid(
         images: ``(R, C, 1, H, W)`` or ``(R, C, H, W)`` float in [0, 1], ink = 1, on any device.
         row_labels: R labels drawn left of the rows.
         title: figure title.
-        scale: inches per image.
+        scale: inches per image, at most: a grid wider than :data:`COLUMN` (with room for
+            the row labels) gets smaller images.
     """
     images = _cpu(images)
     if images.dim() == 5:
@@ -66,6 +77,7 @@ def image_grid(
     if images.dim() != 4:
         raise ValueError(f"expected (rows, cols, [1,] H, W) images, got {tuple(images.shape)}")
     rows, cols = images.shape[:2]
+    scale = min(scale, COLUMN / (cols + 1.5 * (row_labels is not None)))  # fit the column
     fig, axes = plt.subplots(rows, cols, figsize=(cols * scale, rows * scale), squeeze=False)
     for r in range(rows):
         for c in range(cols):
@@ -111,7 +123,7 @@ def episode_grid(
     labels = [f"label {j}" for j in range(n_way)]
     if class_names is not None and episode.classes is not None:
         labels = [f"{j}: {class_names[int(c)][:22]}" for j, c in enumerate(episode.classes[0])]
-    fig = image_grid(grid, row_labels=labels, scale=0.9)
+    fig = image_grid(grid, row_labels=labels)
     fig.suptitle(f"{n_way}-way {k_shot}-shot task: support (left) | query (right)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave room for the title above the captions
     fig.axes[0].set_title("support", fontsize=8, loc="left")
@@ -242,6 +254,7 @@ def accuracy_vs_cost(
     cost: str = "adapt_ms",
     xlabel: str = "adaptation time per task (ms, log scale)",
     axes=None,
+    title: str | None = None,
 ):
     """Accuracy with its 95% CI against a cost, one panel per shot setting, one point per method.
 
@@ -250,11 +263,14 @@ def accuracy_vs_cost(
             ``n_way``, ``shots``, ``accuracy``, ``ci95`` and the ``cost`` attribute).
         cost: the row attribute on the x axis (log scale), e.g. ``"adapt_ms"`` or
             ``"train_seconds"``; rows whose cost is not positive are left out of the panel.
-        axes: one matplotlib Axes per shot setting, in increasing shots (``None``: a new row).
+        axes: one matplotlib Axes per shot setting, in increasing shots (``None``: a new
+            column-wide figure with the panels stacked, so that no text is shrunk).
+        title: the figure's title, laid out with the panels.
 
     Returns:
-        The figure; methods are named next to their points, families coloured as
-        :data:`FAMILY_STYLE`.
+        The figure; methods are named next to their points (right of them, or left where the
+        right would cover another point), never on another name, point or the title
+        (:func:`text_overlaps` finds none); families coloured as :data:`FAMILY_STYLE`.
     """
     rows = list(rows)
     if not rows:
@@ -264,14 +280,16 @@ def accuracy_vs_cost(
         raise ValueError(f"families {unknown} have no style; add them to FAMILY_STYLE")
     settings = sorted({(r.n_way, r.shots) for r in rows}, key=lambda s: (s[1], s[0]))
     if axes is None:
-        fig, axes = plt.subplots(
-            1, len(settings), figsize=(5.2 * len(settings), 4.2), sharey=True, squeeze=False
+        fig, grid = plt.subplots(
+            len(settings), 1, figsize=(COLUMN, 0.9 + 3.6 * len(settings)), squeeze=False
         )
-        axes = axes[0]
+        axes = list(grid[:, 0])
     if len(axes) != len(settings):
         raise ValueError(
             f"{len(settings)} shot settings need {len(settings)} axes, got {len(axes)}"
         )
+    fig = axes[0].figure
+    panels = []
     for ax, (n_way, shots) in zip(axes, settings, strict=True):
         points = [
             (getattr(r, cost), 100 * r.accuracy, r)
@@ -284,33 +302,128 @@ def accuracy_vs_cost(
                 x, y, yerr=100 * r.ci95, color=color, marker=marker, markersize=7, capsize=3,
                 linestyle="none",
             )  # fmt: skip
-        # names to the right of their points, moved apart vertically where they would overlap
-        label_y = spread_labels([y for _, y, _ in points], gap=4.0)
-        for (x, y, r), ly in zip(points, label_y, strict=True):
-            ax.annotate(
-                r.method, (x, y), xytext=(x * 1.25, ly), textcoords="data", fontsize=8,
-                va="center",
-                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if abs(ly - y) > 0.5
-                else None,
-            )  # fmt: skip
         ax.set_xscale("log")
         if points:
             xs = [x for x, _, _ in points]
-            ax.set_xlim(min(xs) / 2, max(xs) * 12)  # room for the names on the right
+            ax.set_xlim(min(xs) / 6, max(xs) * 6)  # room for the names on either side
         ax.axhline(100 / n_way, color="gray", linestyle="--", linewidth=1)
         ax.set_title(f"{n_way}-way {shots}-shot")
         ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%), 95% CI")
+        ax.set_ylabel("accuracy (%), 95% CI")
+        panels.append((ax, points))
     handles = [
         plt.Line2D([], [], color=c, marker=m, linestyle="none", label=family)
         for family, (c, m) in FAMILY_STYLE.items()
         if any(r.family == family for r in rows)
     ]
     handles.append(plt.Line2D([], [], color="gray", linestyle="--", label="chance"))
-    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    axes[0].figure.tight_layout()
-    return axes[0].figure
+    legend = fig.legend(handles=handles, loc="lower center", ncol=(len(handles) + 1) // 2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.55 / fig.get_figheight(), 1, 1))
+    legend.set_bbox_to_anchor((0.5, 0.0), transform=fig.transFigure)
+    for ax, points in panels:
+        _name_points(ax, points)
+    return fig
+
+
+def _name_points(ax, points, fontsize: float = 8) -> None:
+    """Name each point of ``points`` ((x, y, row) tuples) without covering anything.
+
+    Greedy: each name goes beside its point, right or left, level with it or moved up or down
+    by whole lines (then with a thin leader line), at the first place inside the axes that covers
+    no marker, error bar or name placed before it.
+    """
+    if not points:
+        return
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    low = min([y - 100 * r.ci95 for _, y, r in points] + [ax.get_ylim()[0]])
+    high = max(y + 100 * r.ci95 for _, y, r in points)
+    ax.set_ylim(low - 0.04 * (high - low), high + 0.12 * (high - low))
+    blocked = [_marker_box(ax, x, y, 8) for x, y, _ in points]
+    for x, y, r in points:  # the error bars, as thin boxes
+        x0, y0 = ax.transData.transform((x, y - 100 * r.ci95))
+        x1, y1 = ax.transData.transform((x, y + 100 * r.ci95))
+        blocked.append(Bbox.from_extents(x0 - 2, y0, x1 + 2, y1))
+    line = 1.2 * fontsize  # points
+    offsets = [0] + [s * k * line for k in range(1, 9) for s in (1, -1)]
+    for x, y, r in sorted(points, key=lambda p: -p[1]):
+        for dy in offsets:
+            found = None
+            for dx in (7, -7):
+                text = ax.annotate(
+                    r.method, (x, y), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=fontsize, va="center", ha="left" if dx > 0 else "right",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6, "shrinkA": 0,
+                                "shrinkB": 4} if dy else None,
+                )  # fmt: skip
+                text.update_positions(renderer)
+                box = Text.get_window_extent(text, renderer)  # the name, not its arrow
+                inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1
+                inside = inside and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
+                if inside and not any(box.overlaps(b) for b in blocked):
+                    found = box
+                    break
+                text.remove()
+            if found is not None:
+                blocked.append(found)
+                break
+        else:  # nowhere free: name it on its right, and let text_overlaps report it
+            ax.annotate(
+                r.method, (x, y), xytext=(7, 0), textcoords="offset points",
+                fontsize=fontsize, va="center",
+            )  # fmt: skip
+
+
+def _marker_box(ax, x: float, y: float, size_pt: float):
+    """The display-space box of a marker of ``size_pt`` points centred on data ``(x, y)``."""
+    cx, cy = ax.transData.transform((x, y))
+    half = size_pt * ax.figure.dpi / 72 / 2
+    return Bbox.from_extents(cx - half, cy - half, cx + half, cy + half)
+
+
+def text_overlaps(fig) -> list[str]:
+    """Pairs of texts of ``fig`` that cover each other or a plotted marker, as sentences.
+
+    Looks at every visible, non-empty text (titles, the figure's title, axis labels, legend
+    entries, annotations) and every marker of a line drawn with markers; a text may not overlap
+    another text or a marker (markers may overlap each other: that is data). Tick labels are left
+    out. An empty list means every label can be read.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.texts if t.get_visible() and t.get_text()]
+    if fig._suptitle is not None:
+        texts.append(fig._suptitle)
+    marks = []
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        texts += list(ax.texts)
+        for line in ax.lines:
+            if line.get_marker() in (None, "", "None", " ", "_", "|") or not line.get_visible():
+                continue
+            for x, y in line.get_xydata():
+                marks.append(
+                    (f"a marker at ({x:g}, {y:g})", _marker_box(ax, x, y, line.get_markersize()))
+                )
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += list(legend.get_texts())
+    for legend in fig.legends:
+        texts += list(legend.get_texts())
+    boxes = []
+    for t in dict.fromkeys(texts):  # unique, in order
+        if t.get_visible() and t.get_text().strip():
+            if hasattr(t, "update_positions"):  # an annotation: its text, not its arrow
+                t.update_positions(renderer)
+            box = Text.get_window_extent(t, renderer)
+            boxes.append((repr(t.get_text()), box.shrunk(0.98, 0.9)))
+    found = []
+    for i, (a, box_a) in enumerate(boxes):
+        found += [f"{a} overlaps {b}" for b, box_b in boxes[i + 1 :] if box_a.overlaps(box_b)]
+        found += [f"{a} covers {m}" for m, box_m in marks if box_a.overlaps(box_m)]
+    return found
 
 
 def spread_labels(ys: Sequence[float], gap: float) -> list[float]:

@@ -210,3 +210,15 @@ def test_a_chapter_and_an_exercise_run_alone_with_only_torch_installed(tmp_path)
     for q in ("q1", "q2", "q3", "q4"):
         assert f"{q}: not yet" in exercise, exercise
         assert f"{q}: passed" in answered, answered
+
+
+def test_a_cell_of_the_old_wording_is_replaced_and_every_line_fits_the_column():
+    old = nbformat.v4.new_code_cell(colab.OLD_FIRST_LINES[0] + "\nimport os\n")
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# A"), old, nbformat.v4.new_code_cell("x = 1")]
+    )
+    assert colab.stamp(nb, "")
+    setup = [c for c in nb.cells if colab.is_setup_cell(c)]
+    assert len(setup) == 1 and setup[0].source == colab.setup_cell("")
+    assert [c.source for c in nb.cells][2] == "x = 1"
+    assert max(map(len, colab.setup_cell("").splitlines())) <= 77  # the book's code column

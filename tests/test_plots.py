@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from metalib.compare import Row
 from metalib.data.base import ImageClasses
 from metalib.plots import (
+    COLUMN,
     accuracy_vs_cost,
     episode_grid,
     image_grid,
     learning_curves,
     scores_vs,
     spread_labels,
+    text_overlaps,
 )
 from metalib.tasks import Episode, sample_episodes
 from metalib.train import History, Score
@@ -266,8 +268,44 @@ def test_accuracy_vs_cost_one_panel_per_shot_setting_one_point_per_method():
         t.get_text() for t in five.texts
     ] == ["A"]
     assert tuple(one.texts[0].xy) == (3.0, 90.0) and tuple(one.texts[1].xy) == (0.5, 50.0)
-    labels = [t.get_text() for t in five.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["non-parametric", "black-box", "chance"]
+    assert fig.get_figwidth() <= COLUMN  # panels stacked in the column, not side by side
+    assert one.get_position().y0 > five.get_position().y1
+    plt.close(fig)
+
+
+def test_accuracy_vs_cost_names_a_crowd_without_overlaps():
+    # twelve learners within a few points and milliseconds of each other, one with a long name
+    rows = [
+        _row(f"learner {i}" + " with a long name" * (i == 3), fam, 1, 0.80 + 0.01 * (i % 5), ms)
+        for i, (fam, ms) in enumerate(
+            [("black-box", 10 + i) for i in range(6)] + [("fine-tuning", 12 + i) for i in range(6)]
+        )
+    ]
+    fig = accuracy_vs_cost(rows, title="a crowded benchmark")
+    assert text_overlaps(fig) == []
+    assert len(fig.axes[0].texts) == len(rows)
+    plt.close(fig)
+
+
+def test_text_overlaps_finds_a_name_on_a_title_and_on_a_marker():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([1.0], [1.0], marker="o", linestyle="none")
+    ax.set_title("a title")
+    assert text_overlaps(fig) == []
+    ax.annotate("on its point", (1.0, 1.0), ha="center", va="center")
+    found = text_overlaps(fig)
+    assert len(found) == 1 and "'on its point' covers a marker at (1, 1)" in found[0]
+    ax.annotate("one name", (0.2, 0.2), xycoords="axes fraction")
+    ax.annotate("another name", (0.22, 0.21), xycoords="axes fraction")
+    assert "'one name' overlaps 'another name'" in text_overlaps(fig)
+    plt.close(fig)
+
+
+def test_image_grid_fits_the_column():
+    fig = image_grid(torch.rand(2, 12, 8, 8), row_labels=["a", "b"])
+    assert fig.get_figwidth() <= COLUMN
     plt.close(fig)
 
 

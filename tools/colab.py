@@ -29,7 +29,12 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("chapters", "solutions")  # exercises are generated from solutions
 TAG = "remove-cell"  # the book's readers need no setup cell
-FIRST_LINE = "# Colab setup: installs metalib if it is missing (on Colab); does nothing elsewhere."
+FIRST_LINE = "# Colab setup: installs metalib where it is missing (Colab); else nothing."
+# The first line of the cell as written before it fit the book's 77-character code column: a
+# notebook holding that cell gets the new one in its place.
+OLD_FIRST_LINES = (
+    "# Colab setup: installs metalib if it is missing (on Colab); does nothing elsewhere.",
+)
 
 TEMPLATE = """{first}
 import importlib.util
@@ -44,11 +49,15 @@ SOURCE = os.environ.get(
 if importlib.util.find_spec("metalib") is None:
     if not SOURCE:
         raise ModuleNotFoundError(
-            "metalib is not installed, and this copy of the workbook names no repository to "
-            "install it from. Install the workbook (see its README), or set METALIB_SOURCE to "
-            "a pip requirement for it (its git URL, a wheel or a folder)."
+            "metalib is not installed, and this copy of the workbook "
+            "names no repository to install it from. Install the "
+            "workbook (see its README), or set METALIB_SOURCE to a pip "
+            "requirement for it (its git URL, a wheel or a folder)."
         )
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", SOURCE], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", SOURCE],
+        check=True,
+    )
     importlib.invalidate_caches()"""
 
 SOURCE_LINE = re.compile(
@@ -85,9 +94,9 @@ def setup_cell(source: str = "") -> str:
 
 def is_setup_cell(cell: dict) -> bool:
     """Whether ``cell`` is a setup cell (of any repository)."""
-    return cell.get("cell_type") == "code" and "".join(cell.get("source", "")).startswith(
-        FIRST_LINE
-    )
+    text = "".join(cell.get("source", ""))
+    firsts = (FIRST_LINE, *OLD_FIRST_LINES)
+    return cell.get("cell_type") == "code" and text.startswith(firsts)
 
 
 def cell_source(cell: dict) -> str | None:
