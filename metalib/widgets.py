@@ -17,7 +17,7 @@ from metalib.data.base import ImageClasses
 from metalib.data.sinusoid import SinusoidFamily
 from metalib.maml import adapt
 from metalib.nets import forward_with
-from metalib.plots import episode_grid, regression_fits
+from metalib.plots import COLUMN, episode_grid, regression_fits
 from metalib.tasks import sample_episodes
 
 
@@ -123,7 +123,7 @@ def adaptation_explorer(
             predictions[f"{label} (MSE {F.mse_loss(y, truth).item():.2f})"] = y
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(7, 4))
+            fig, ax = plt.subplots(figsize=(COLUMN, 4))
             title = f"{steps.value} step(s) of size {rate.value:.3g} on {shots.value} points"
             regression_fits(grid, truth, (sx, sy), predictions, ax=ax, title=title)
             display(fig)
