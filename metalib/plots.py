@@ -157,6 +157,33 @@ def learning_curves(
     return ax.figure
 
 
+def band(ax, x, mean, half, label: str | None = None, positive: bool = False, **line_kw):
+    """A mean curve with a shaded band of ``mean ± half`` around it, in the curve's colour.
+
+    Args:
+        ax: the matplotlib Axes to draw on.
+        x, mean, half: 1-D sequences or tensors of one length (any device), e.g. the mean query
+            loss after each inner step and its 95% CI half-width (:func:`metalib.train.mean_ci95`).
+        label: the curve's legend entry.
+        positive: the quantity is positive, drawn on a log scale: the band's lower edge stops
+            at a tenth of the mean instead of reaching zero, which a log axis cannot show.
+        line_kw: passed to ``ax.plot`` (``marker="o"``, ``color=...``).
+
+    Returns:
+        The curve's ``Line2D``.
+    """
+    x, mean, half = (_cpu(torch.as_tensor(v, dtype=torch.float64)).numpy() for v in (x, mean, half))
+    if not (x.ndim == mean.ndim == half.ndim == 1 and len(x) == len(mean) == len(half)):
+        raise ValueError(
+            f"x, mean and half must be 1-D and of one length, got shapes {x.shape}, "
+            f"{mean.shape} and {half.shape}"
+        )
+    (line,) = ax.plot(x, mean, label=label, **line_kw)
+    low = np.maximum(mean - half, mean / 10) if positive else mean - half
+    ax.fill_between(x, low, mean + half, alpha=0.2, color=line.get_color(), linewidth=0)
+    return line
+
+
 def scores_vs(
     x: Sequence[float],
     curves: Mapping[str, Sequence[Score]],
@@ -180,8 +207,7 @@ def scores_vs(
             raise ValueError(f"curve {name!r} has {len(scores)} scores for {len(x)} x values")
         mean = np.array([s.mean for s in scores]) * 100
         ci = np.array([s.ci95 for s in scores]) * 100
-        ax.plot(x, mean, marker="o", label=name)
-        ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
+        band(ax, x, mean, ci, label=name, marker="o")
     if chance is not None:
         ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
     ax.set_xlabel(xlabel)

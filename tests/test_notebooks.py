@@ -76,3 +76,23 @@ def test_chapter_shape(path):
         "under the inline backend, and raises under others)"
     )
     assert "{glue:" in text, f"{path}: numbers in the prose come from the code (myst-nb glue)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_every_folded_cell_says_what_it_hides(path):
+    """A `hide-input` cell carries a label ("Show the code for this figure"), not the default."""
+    nb = json.loads((ROOT / path).read_text())
+    unlabelled = [
+        i
+        for i, cell in enumerate(nb["cells"])
+        if "hide-input" in cell.get("metadata", {}).get("tags", [])
+        and not (
+            cell["metadata"].get("mystnb", {}).get("code_prompt_show", "").startswith("Show the ")
+            and cell["metadata"]["mystnb"].get("code_prompt_hide", "").startswith("Hide the ")
+        )
+    ]
+    assert not unlabelled, (
+        f"{path}: folded cells {unlabelled} need a label: set the cell metadata "
+        '{"mystnb": {"code_prompt_show": "Show the code for this figure", '
+        '"code_prompt_hide": "Hide the code for this figure"}}'
+    )

@@ -18,6 +18,7 @@ from metalib.data.base import ImageClasses
 from metalib.plots import (
     COLUMN,
     accuracy_vs_cost,
+    band,
     episode_grid,
     image_grid,
     learning_curves,
@@ -343,3 +344,19 @@ def test_spread_labels_keeps_order_and_gap_and_leaves_lone_labels(ys, gap):
     for i, y in enumerate(ys):  # a label with no neighbour within the gap stays at its point
         if all(abs(y - z) >= 2 * gap * len(ys) for j, z in enumerate(ys) if j != i):
             assert out[i] == y
+
+
+def test_band_draws_the_mean_and_its_band_in_one_colour():
+    fig, ax = plt.subplots()
+    line = band(ax, [0, 1, 2], torch.tensor([1.0, 2.0, 4.0]), [0.5, 3.0, 1.0], label="m")
+    assert line.get_label() == "m" and list(line.get_ydata()) == [1.0, 2.0, 4.0]
+    (poly,) = ax.collections
+    ys = poly.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(-1.0) and ys.max() == pytest.approx(5.0)
+    assert matplotlib.colors.same_color(poly.get_facecolor()[0][:3], line.get_color())
+    fig2, ax2 = plt.subplots()
+    band(ax2, [0, 1, 2], [1.0, 2.0, 4.0], [0.5, 3.0, 1.0], positive=True)
+    low = ax2.collections[0].get_paths()[0].vertices[:, 1].min()
+    assert low == pytest.approx(0.2)  # 2.0 - 3.0 < 0: the edge stops at a tenth of the mean
+    with pytest.raises(ValueError, match="one length"):
+        band(ax, [0, 1], [1.0, 2.0, 3.0], [0.1, 0.1, 0.1])

@@ -1,7 +1,7 @@
 """Strip outputs, execution counts and noisy metadata from notebooks (``make strip``).
 
 Usage: ``python tools/strip_notebooks.py [paths...]`` (default: chapters, exercises, solutions).
-Keeps cell tags and the kernelspec; drops outputs, counts, widget state and execution timing.
+Keeps cell tags, the book's per-cell settings (``mystnb``) and the kernelspec; drops outputs, counts, widget state and execution timing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP_NB_METADATA = ("kernelspec", "language_info", "jupytext", "workbook")
-KEEP_CELL_METADATA = ("tags",)
+# tags, and the book's per-cell settings (the label of a folded cell: "mystnb" code_prompt_show)
+KEEP_CELL_METADATA = ("tags", "mystnb")
 
 
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
