@@ -1,7 +1,8 @@
 """Strip outputs, execution counts and noisy metadata from notebooks (``make strip``).
 
 Usage: ``python tools/strip_notebooks.py [paths...]`` (default: chapters, exercises, solutions).
-Keeps cell tags, the book's per-cell settings (``mystnb``) and the kernelspec; drops outputs, counts, widget state and execution timing.
+Keeps cell tags, the book's per-cell settings (``mystnb``) and the kernelspec; drops outputs,
+counts, widget state and execution timing.
 """
 
 from __future__ import annotations
