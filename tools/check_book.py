@@ -338,16 +338,24 @@ def judge(seen: dict) -> list[str]:
     problems += [
         f"code block wider than the column by {b['overflow']} px: {b['where']}, "
         f"widest line '{b['widest']}'"
-        for b in seen["blocks"]
-        if b["overflow"] > 0
+        for b in overflowing(seen)
     ]
     problems += [
         f"figure {f['src']} shown at {f['width']} of its {f['natural']} px "
         f"({percent(f)}% of its natural width, below {SMALLEST:.0%})"
-        for f in seen["figures"]
-        if f["width"] < SMALLEST * f["natural"]
+        for f in shrunk(seen)
     ]
     return problems
+
+
+def overflowing(seen: dict) -> list[dict]:
+    """The code blocks of one page whose content is wider than their box."""
+    return [b for b in seen["blocks"] if b["overflow"] > 0]
+
+
+def shrunk(seen: dict) -> list[dict]:
+    """The figures of one page shown below ``SMALLEST`` of their natural width."""
+    return [f for f in seen["figures"] if f["width"] < SMALLEST * f["natural"]]
 
 
 def percent(figure: dict) -> int:
@@ -360,10 +368,10 @@ def measure(seen: dict) -> dict:
     return {
         "cells": seen["cells"],
         "blocks": len(seen["blocks"]),
-        "overflowing": sum(b["overflow"] > 0 for b in seen["blocks"]),
+        "overflowing": len(overflowing(seen)),
         "input_lines": seen["inputLines"],
         "figures": len(seen["figures"]),
-        "small": [percent(f) for f in seen["figures"] if f["width"] < SMALLEST * f["natural"]],
+        "small": [percent(f) for f in shrunk(seen)],
     }
 
 
